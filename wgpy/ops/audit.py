@@ -1,12 +1,12 @@
 """The audit log: one JSON line per configuration or session event, safe to ship anywhere.
 
-Operators forward audit logs to places with weaker protection than the key files (log collectors, tickets), so the
-log must never carry a private or preshared key. That is enforced by construction rather than by review:
+Operators forward audit logs to places with weaker protection than the key files (log collectors, tickets), so
+the log must never carry a private or preshared key. That is enforced by construction rather than by review:
 
-* the only key-valued fields accepted are public keys (``public_key``, ``old_public_key``, ``new_public_key``), and
-  each must be a valid 32-byte base64 key;
+* the only key-valued fields accepted are public keys (``public_key``, ``old_public_key``,
+  ``new_public_key``), and each must be a valid 32-byte base64 key;
 * any other field whose name mentions a key, secret or password is refused;
-* values are limited to JSON scalars and lists of them (``bytes`` -- the in-memory form of every key -- is refused);
+* values are JSON scalars or lists of them (``bytes``, the in-memory form of every key, is refused);
 * any other string value that has the shape of a key (44-character base64 or 64-character hex of 32 bytes) is
   refused, so a key cannot slip in under an innocent name like ``reason``.
 
@@ -84,7 +84,7 @@ def _check_value(name: str, value: object) -> object:
 
 
 def validate_fields(fields: dict[str, object]) -> dict[str, object]:
-    """The checked copy of `fields`, or AuditError. Exposed so callers can test an event before emitting it."""
+    """The checked copy of `fields`, or AuditError; callers may test an event before emitting it."""
     out: dict[str, object] = {}
     for name, value in fields.items():
         if not _FIELD_NAME.match(name) or name in RESERVED_FIELDS:
@@ -112,7 +112,9 @@ class AuditLog:
     Thread-safe: the daemon emits from its loop while the UAPI handler may emit from another thread.
     """
 
-    def __init__(self, path: str | None = None, *, journal: bool = False, clock: Callable[[], float] = time.time):
+    def __init__(
+        self, path: str | None = None, *, journal: bool = False, clock: Callable[[], float] = time.time
+    ) -> None:
         if path is None and not journal:
             raise AuditError("an audit log needs a path, journal=True, or both")
         self.path = path
