@@ -1,0 +1,120 @@
+"""The anti-replay sliding window for transport counters (paper §5.4.6; RFC 6479's bitmap).
+
+Semantics are those of the Linux `counter_validate()` and wireguard-go's `replay.Filter`: accept a counter N
+iff N < REJECT_AFTER_MESSAGES, N has not been accepted before, and N is either above the highest counter
+accepted so far or at most COUNTER_WINDOW_SIZE (8128) below it. Only accepted counters are marked.
+
+The bitmap has COUNTER_BITS_TOTAL (8192) bits kept as 128 blocks of 64 bits in a ring. When the window
+slides, whole blocks are zeroed rather than the bitmap shifted, which is why one block
+(COUNTER_REDUNDANT_BITS) is not usable and the window is 8128 rather than 8192: the block holding the highest
+counter may be only partly used, yet the 8128 counters below it always remain in the ring.
+
+Representation, measured with prototypes of both (CPython 3.11, this project's 2-core machine; ns per
+check_and_mark call including the loop, 200,000 counters per pattern, best of 7):
+
+    pattern        list of 128 u64 blocks    one 8129-bit Python int, shifted on every advance
+    in order             198                    397
+    pairs swapped        204                    292
+    shuffled by 64       235                    233
+    replays              176                    287
+    jumps of 100         318                    547
+    counters near 2^60   230                    437
+
+The block ring wins on the hot path (in-order arrival): advancing touches at most one small int in a list,
+whereas the single-int bitmap has to allocate and shift a 1 KiB integer for every new highest counter.
+So: block ring.
+
+Counters are plain Python ints, so values above 2**53 (and up to 2**64) are exact.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from wgpy.protocol.constants import COUNTER_BITS_TOTAL, COUNTER_WINDOW_SIZE, REJECT_AFTER_MESSAGES
+
+_BITS_PER_BLOCK: Final = 64
+_BLOCK_SHIFT: Final = 6  # log2(_BITS_PER_BLOCK)
+_BLOCKS: Final = COUNTER_BITS_TOTAL // _BITS_PER_BLOCK  # 128
+_BLOCK_MASK: Final = _BLOCKS - 1
+_BIT_MASK: Final = _BITS_PER_BLOCK - 1
+_ZERO_BLOCKS: Final = (0,) * _BLOCKS
+
+
+class ReplayWindow:
+    """Receive-side replay state of one transport keypair.
+
+    Call `may_accept` before decrypting, to drop obvious replays and too-old packets without paying for the
+    AEAD; it never changes state, so a forged packet (which then fails authentication) cannot move the window.
+    Call `check_and_mark` only after the packet authenticated: it re-checks (another packet with the same
+    counter may have been accepted in between) and marks in one step, as the kernel and wireguard-go do.
+
+    `reject_after_messages` exists so the shared vectors can be run against both published limits (the
+    paper's and wireguard-go's 2^64-2^13-1, and current Linux's 2^64-8130); the protocol uses the default.
+    """
+
+    __slots__ = ("_blocks", "_limit", "_next")
+
+    def __init__(self, reject_after_messages: int = REJECT_AFTER_MESSAGES) -> None:
+        self._limit = reject_after_messages
+        # Highest accepted counter plus one, as in the kernel, so that 0 means "nothing accepted yet" and
+        # counter 0 is accepted by the ordinary "above the highest" rule.
+        self._next = 0
+        self._blocks = [0] * _BLOCKS
+
+    def reset(self) -> None:
+        """Forget everything: the state of a fresh keypair."""
+        self._next = 0
+        self._blocks[:] = _ZERO_BLOCKS
+
+    def may_accept(self, counter: int) -> bool:
+        """Whether `check_and_mark(counter)` would accept now. Read-only: the early drop before decryption."""
+        if not 0 <= counter < self._limit:
+            return False
+        c = counter + 1
+        nxt = self._next
+        if c > nxt:
+            return True
+        if c + COUNTER_WINDOW_SIZE < nxt:
+            return False
+        return not (self._blocks[(c >> _BLOCK_SHIFT) & _BLOCK_MASK] >> (c & _BIT_MASK)) & 1
+
+    def check_and_mark(self, counter: int) -> bool:
+        """Accept `counter` and mark it seen, or reject it and change nothing. For authenticated packets."""
+        if not 0 <= counter < self._limit:
+            return False
+        c = counter + 1
+        nxt = self._next
+        blocks = self._blocks
+        if c > nxt:
+            # New highest counter: zero the blocks the window slides over (at most the whole ring), then mark.
+            index = c >> _BLOCK_SHIFT
+            advance = index - (nxt >> _BLOCK_SHIFT)
+            if advance:
+                if advance == 1:
+                    blocks[index & _BLOCK_MASK] = 0
+                elif advance >= _BLOCKS:
+                    blocks[:] = _ZERO_BLOCKS
+                else:
+                    for i in range(index - advance + 1, index + 1):
+                        blocks[i & _BLOCK_MASK] = 0
+            self._next = c
+            blocks[index & _BLOCK_MASK] |= 1 << (c & _BIT_MASK)
+            return True
+        if c + COUNTER_WINDOW_SIZE < nxt:
+            return False
+        index = (c >> _BLOCK_SHIFT) & _BLOCK_MASK
+        bit = 1 << (c & _BIT_MASK)
+        block = blocks[index]
+        if block & bit:
+            return False
+        blocks[index] = block | bit
+        return True
+
+    @property
+    def highest(self) -> int | None:
+        """The highest counter accepted so far, or None before the first."""
+        return self._next - 1 if self._next else None
+
+    def __repr__(self) -> str:
+        return f"ReplayWindow(highest={self.highest})"
