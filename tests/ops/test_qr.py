@@ -63,7 +63,7 @@ def test_terminal_rendering_decodes_with_correct_polarity() -> None:
     text = qr.render_terminal(CONFIG)
     lines = text.splitlines()
     assert all(line.startswith("\x1b[97;40m") and line.endswith("\x1b[0m") for line in lines)
-    # ANSI pins white glyphs on black: rasterised as a terminal shows it, with inversion disabled in the reader.
+    # ANSI pins white glyphs on black: rasterised as a terminal shows it; the reader may not invert.
     assert decode(rasterise(text)) == [CONFIG]
     # The quiet zone: the first two lines and the first/last four columns are all light (full blocks).
     plain = [_ANSI.sub("", line) for line in lines]

@@ -1,12 +1,12 @@
 """QR codes for client configurations: terminal (UTF-8 half blocks), PNG and SVG, all through segno.
 
-A phone camera needs three things from a terminal rendering: the 4-module quiet zone the standard requires, dark
-modules that really are dark, and square modules. Half blocks give square modules (a character cell is about
-twice as tall as wide, so each cell carries two rows). Polarity is the trap: in a terminal the glyph is drawn in
-the *foreground* colour, so on the usual light-on-dark terminal we must draw the *light* modules and leave the dark
-ones as background. With ``ansi=True`` (the default) we also pin the colours (bright white on black) so the
-result is right on light-background terminals too; ``ansi=False`` gives plain text for pipes, assuming a
-light-on-dark terminal unless ``invert=True``.
+A phone camera needs three things from a terminal rendering: the 4-module quiet zone the standard requires,
+dark modules that really are dark, and square modules. Half blocks give square modules (a character cell is
+about twice as tall as wide, so each cell carries two rows). Polarity is the trap: in a terminal the glyph is
+drawn in the *foreground* colour, so on the usual light-on-dark terminal we must draw the *light* modules and
+leave the dark ones as background. With ``ansi=True`` (the default) we also pin the colours (bright white on
+black) so the result is right on light-background terminals too; ``ansi=False`` gives plain text for pipes,
+assuming a light-on-dark terminal unless ``invert=True``.
 
 The QR code carries the client's private key: image files are written 0600.
 """
@@ -27,7 +27,7 @@ _GLYPHS = {(True, True): "█", (True, False): "▀", (False, True): "▄", (Fal
 
 
 def make(text: str) -> segno.QRCode:
-    """A full-size QR code (never micro) for `text`; segno raises the error level as far as the size allows."""
+    """A full-size QR code (never micro); segno raises the error level as far as the size allows."""
     return segno.make(text, error="L", micro=False, boost_error=True)
 
 
@@ -46,7 +46,8 @@ def render_terminal(text: str, *, ansi: bool = True, invert: bool = False) -> st
         # Glyphs paint light modules unless the terminal is light-on-dark's opposite and uncoloured.
         paint_dark = invert and not ansi
         chars = "".join(
-            _GLYPHS[(t if paint_dark else not t, b if paint_dark else not b)] for t, b in zip(top, bottom, strict=True)
+            _GLYPHS[(t if paint_dark else not t, b if paint_dark else not b)]
+            for t, b in zip(top, bottom, strict=True)
         )
         lines.append(f"{_ANSI_ON}{chars}{_ANSI_OFF}" if ansi else chars)
     return "\n".join(lines) + "\n"
