@@ -1,0 +1,348 @@
+"""TUN segmentation offload in Python: split the kernel's TSO/USO super-packets, coalesce TCP segments for
+writing.
+
+With ``IFF_VNET_HDR`` and ``TUNSETOFFLOAD`` the kernel hands the TUN reader up to 64 KB TCP (or UDP)
+super-packets
+preceded by a ``struct virtio_net_hdr``, and accepts such super-packets on write. The WireGuard data plane
+must
+encrypt MTU-sized packets, so reads are split here (like the kernel's
+``tcp_gso_segment``/``__udp_gso_segment``),
+and decrypted TCP segments are merged back into one super-packet per write (like GRO):
+/work/shared/docs/dataplane.md
+measured both as the largest wins of the data plane. Why by hand: no maintained Python library does either.
+
+Everything here is a pure function of bytes so the tests can drive it without a kernel.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from wgpy.linux.checksum import Buffer, ones_sum, segment_sums
+
+# struct virtio_net_hdr (native endian): flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
+VNET_HDR = struct.Struct("=BBHHHH")
+VNET_HDR_LEN = VNET_HDR.size  # 10
+
+VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
+VIRTIO_NET_HDR_F_DATA_VALID = 2
+VIRTIO_NET_HDR_GSO_NONE = 0
+VIRTIO_NET_HDR_GSO_TCPV4 = 1
+VIRTIO_NET_HDR_GSO_UDP = 3
+VIRTIO_NET_HDR_GSO_TCPV6 = 4
+VIRTIO_NET_HDR_GSO_UDP_L4 = 5
+VIRTIO_NET_HDR_GSO_ECN = 0x80
+
+VNET_HDR_ZERO = bytes(VNET_HDR_LEN)
+VNET_HDR_DATA_VALID = VNET_HDR.pack(VIRTIO_NET_HDR_F_DATA_VALID, 0, 0, 0, 0, 0)
+
+IPPROTO_TCP = 6
+IPPROTO_UDP = 17
+
+TCP_FIN = 0x01
+TCP_SYN = 0x02
+TCP_RST = 0x04
+TCP_PSH = 0x08
+TCP_ACK = 0x10
+TCP_URG = 0x20
+TCP_ECE = 0x40
+TCP_CWR = 0x80
+
+# The largest packet the kernel takes on a TUN write: bigger ones are accepted by write() and then silently
+# lost.
+MAX_SUPER_PACKET = 65535
+
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_TWO_U16 = struct.Struct(">HH")
+
+
+class OffloadError(ValueError):
+    """A virtio_net_hdr / packet pair that cannot be split (malformed or of an unsupported GSO type)."""
+
+
+def _complete_checksum(packet: Buffer, csum_start: int, csum_offset: int) -> bytes:
+    """Finish a CHECKSUM_PARTIAL packet: the field already holds the pseudo-header sum, so sum from
+    csum_start."""
+    n = len(packet)
+    at = csum_start + csum_offset
+    if csum_start >= n or at + 2 > n:
+        raise OffloadError(f"checksum offset {csum_start}+{csum_offset} outside a {n}-byte packet")
+    out = bytearray(packet)
+    s = ones_sum(memoryview(out)[csum_start:])
+    _U16.pack_into(out, at, ~s & 0xFFFF)
+    return bytes(out)
+
+
+def split_super_packet(vnet_hdr: Buffer, packet: Buffer) -> list[bytes]:
+    """Turn one TUN read (virtio_net_hdr + packet) into plain IP packets with complete, correct checksums.
+
+    GSO_NONE packets come back whole (checksum finished when NEEDS_CSUM); TCPV4/TCPV6/UDP_L4 super-packets
+    are cut
+    at gso_size with per-segment IPv4 total length / ID / header checksum or IPv6 payload length, TCP sequence
+    numbers and flags (CWR on the first segment only, FIN and PSH on the last only, as tcp_gso_segment
+    does), UDP
+    lengths, and TCP/UDP checksums computed afresh. hdr_len from the kernel is not trusted (it can span the
+    whole
+    first packet on the forwarding path); the L4 header length is parsed instead, as wireguard-go does.
+    """
+    if len(vnet_hdr) < VNET_HDR_LEN:
+        raise OffloadError("short virtio_net_hdr")
+    flags, gso_type, _hdr_len, gso_size, csum_start, csum_offset = VNET_HDR.unpack_from(vnet_hdr)
+    gso = gso_type & ~VIRTIO_NET_HDR_GSO_ECN
+    if gso == VIRTIO_NET_HDR_GSO_NONE:
+        if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
+            return [_complete_checksum(packet, csum_start, csum_offset)]
+        return [bytes(packet)]
+
+    n = len(packet)
+    if n < 20:
+        raise OffloadError("packet too short for an IP header")
+    version = packet[0] >> 4
+    l4 = csum_start
+    if version == 4:
+        if gso not in (VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_UDP_L4):
+            raise OffloadError(f"GSO type {gso_type} on IPv4")
+        ihl = (packet[0] & 0x0F) * 4
+        if ihl < 20 or l4 != ihl:
+            raise OffloadError(f"csum_start {l4} is not the IPv4 header length {ihl}")
+    elif version == 6:
+        if gso not in (VIRTIO_NET_HDR_GSO_TCPV6, VIRTIO_NET_HDR_GSO_UDP_L4):
+            raise OffloadError(f"GSO type {gso_type} on IPv6")
+        if l4 < 40:
+            raise OffloadError(f"csum_start {l4} inside the IPv6 header")
+    else:
+        raise OffloadError(f"IP version {version}")
+    is_tcp = gso != VIRTIO_NET_HDR_GSO_UDP_L4
+    if is_tcp:
+        if n < l4 + 20:
+            raise OffloadError("packet too short for a TCP header")
+        thl = (packet[l4 + 12] >> 4) * 4
+        if thl < 20:
+            raise OffloadError(f"TCP header length {thl}")
+        expected_offset = 16
+    else:
+        thl = 8
+        expected_offset = 6
+    if csum_offset != expected_offset:
+        raise OffloadError(f"csum_offset {csum_offset} for GSO type {gso_type}")
+    hl = l4 + thl
+    if n < hl:
+        raise OffloadError("packet shorter than its headers")
+    if gso_size == 0:
+        raise OffloadError("gso_size 0")
+    payload = memoryview(packet)[hl:]
+    plen = len(payload)
+
+    hdr = bytearray(packet[:hl])
+    if version == 4:
+        addr_sum = int.from_bytes(hdr[12:20], "big")
+        id0 = _U16.unpack_from(hdr, 4)[0]
+        hdr[2:6] = b"\0\0\0\0"
+        hdr[10:12] = b"\0\0"
+        ip_base = ones_sum(hdr[:l4])
+    else:
+        addr_sum = int.from_bytes(hdr[8:40], "big")
+        id0 = ip_base = 0
+    sums = segment_sums(payload, gso_size) if plen else [0]
+    nseg = len(sums)
+    out: list[bytes] = []
+    pack_u16 = _U16.pack_into
+    pack_two = _TWO_U16.pack_into
+
+    if is_tcp:
+        seq0 = _U32.unpack_from(hdr, l4 + 4)[0]
+        doff = hdr[l4 + 12]
+        tflags = hdr[l4 + 13]
+        hdr[l4 + 4 : l4 + 8] = b"\0\0\0\0"
+        hdr[l4 + 12 : l4 + 14] = b"\0\0"
+        hdr[l4 + 16 : l4 + 18] = b"\0\0"
+        base = ones_sum(hdr[l4:hl]) + addr_sum + IPPROTO_TCP
+        if nseg == 1:
+            first = last = tflags
+        else:
+            first = tflags & ~(TCP_FIN | TCP_PSH)
+            last = tflags & ~TCP_CWR
+        middle = tflags & ~(TCP_FIN | TCP_PSH | TCP_CWR)
+        pack_u32 = _U32.pack_into
+        for i, psum in enumerate(sums):
+            start = i * gso_size
+            seg = payload[start : start + gso_size]
+            l4len = thl + len(seg)
+            seq = (seq0 + start) & 0xFFFFFFFF
+            f = first if i == 0 else last if i == nseg - 1 else middle
+            w12 = (doff << 8) | f
+            if version == 4:
+                tot = l4 + l4len
+                ipid = (id0 + i) & 0xFFFF
+                pack_two(hdr, 2, tot, ipid)
+                pack_u16(hdr, 10, ~((ip_base + tot + ipid) % 0xFFFF) & 0xFFFF)
+            else:
+                pack_u16(hdr, 4, l4 - 40 + l4len)
+            pack_u32(hdr, l4 + 4, seq)
+            hdr[l4 + 12] = doff
+            hdr[l4 + 13] = f
+            total = base + (seq >> 16) + (seq & 0xFFFF) + w12 + l4len + psum
+            pack_u16(hdr, l4 + 16, ~(total % 0xFFFF) & 0xFFFF)
+            out.append(bytes(hdr) + seg)
+    else:
+        hdr[l4 + 4 : l4 + 8] = b"\0\0\0\0"
+        base = ones_sum(hdr[l4 : l4 + 4]) + addr_sum + IPPROTO_UDP
+        for i, psum in enumerate(sums):
+            start = i * gso_size
+            seg = payload[start : start + gso_size]
+            ulen = 8 + len(seg)
+            if version == 4:
+                tot = l4 + ulen
+                ipid = (id0 + i) & 0xFFFF
+                pack_two(hdr, 2, tot, ipid)
+                pack_u16(hdr, 10, ~((ip_base + tot + ipid) % 0xFFFF) & 0xFFFF)
+            else:
+                pack_u16(hdr, 4, l4 - 40 + ulen)
+            pack_two(hdr, l4 + 4, ulen, ~((base + 2 * ulen + psum) % 0xFFFF) & 0xFFFF)
+            out.append(bytes(hdr) + seg)
+    return out
+
+
+@dataclass(slots=True)
+class _Group:
+    """An open run of TCP segments of one flow that can become one super-packet."""
+
+    first: bytes
+    ihl: int
+    thl: int
+    version: int
+    sig: bytes
+    gso_size: int
+    next_seq: int
+    length: int
+    payloads: list[memoryview] = field(default_factory=list)
+    psh: bool = False
+    closed: bool = False
+
+
+def _build(group: _Group) -> tuple[bytes, bytes]:
+    """The super-packet of a group of ≥ 2 segments, with the virtio_net_hdr the kernel needs to accept it."""
+    ihl, thl = group.ihl, group.thl
+    hl = ihl + thl
+    hdr = bytearray(group.first[:hl])
+    total = group.length
+    l4len = total - ihl
+    if group.version == 4:
+        _U16.pack_into(hdr, 2, total)
+        hdr[10:12] = b"\0\0"
+        _U16.pack_into(hdr, 10, ~ones_sum(hdr[:ihl]) & 0xFFFF)
+        addr_sum = int.from_bytes(hdr[12:20], "big")
+        gso_type = VIRTIO_NET_HDR_GSO_TCPV4
+    else:
+        _U16.pack_into(hdr, 4, total - 40)
+        addr_sum = int.from_bytes(hdr[8:40], "big")
+        gso_type = VIRTIO_NET_HDR_GSO_TCPV6
+    if group.psh:
+        hdr[ihl + 13] |= TCP_PSH
+    # CHECKSUM_PARTIAL: the pseudo-header sum, not inverted; the kernel finishes it (or trusts it, as here).
+    pseudo = (addr_sum + IPPROTO_TCP + l4len) % 0xFFFF
+    _U16.pack_into(hdr, ihl + 16, pseudo)
+    vnet = VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, gso_type, hl, group.gso_size, ihl, 16)
+    return vnet, b"".join((hdr, *group.payloads))
+
+
+def coalesce(packets: Iterable[Buffer], data_valid: bool = False) -> list[tuple[bytes, Buffer]]:
+    """Merge consecutive TCP segments of one flow into super-packets for one TUN write each (GRO in Python).
+
+    Segments merge when they share the flow (addresses, ports), the IP fields GRO compares (IPv4 TOS, TTL, DF;
+    IPv6 traffic class/flow label and hop limit), acknowledgement number, window and TCP options byte for
+    byte,
+    carry only ACK (PSH allowed on the last), have contiguous sequence numbers and payloads of the first
+    segment's
+    size (the last may be shorter), and the result stays within 64 KB. IPv4 with options or fragments and IPv6
+    with extension headers are never merged. A segment that cannot join closes its flow's open run, so the
+    order
+    of packets within a flow is kept; different flows may be reordered relative to each other, as GRO does.
+    The inner checksums are trusted (the packets were authenticated), as kernel WireGuard does.
+
+    Returns (virtio_net_hdr, packet) pairs: GSO super-packets, and single packets with a zero header (or
+    DATA_VALID when ``data_valid``: the kernel then skips verifying their checksums).
+    """
+    single_hdr = VNET_HDR_DATA_VALID if data_valid else VNET_HDR_ZERO
+    out: list[tuple[bytes, Buffer] | _Group] = []
+    open_groups: dict[bytes, _Group] = {}
+    for p in packets:
+        n = len(p)
+        if n < 40:
+            out.append((single_hdr, p))
+            continue
+        version = p[0] >> 4
+        if version == 4:
+            if p[0] != 0x45 or p[9] != IPPROTO_TCP or n < 40:
+                out.append((single_hdr, p))
+                continue
+            ihl = 20
+            frag = (p[6] << 8) | p[7]
+            if frag & 0x3FFF or ((p[2] << 8) | p[3]) != n:
+                out.append((single_hdr, p))
+                continue
+        elif version == 6:
+            if p[6] != IPPROTO_TCP or n < 60 or ((p[4] << 8) | p[5]) + 40 != n:
+                out.append((single_hdr, p))
+                continue
+            ihl = 40
+        else:
+            out.append((single_hdr, p))
+            continue
+        if type(p) is not bytes:
+            p = bytes(p)
+        thl = (p[ihl + 12] >> 4) * 4
+        hl = ihl + thl
+        key = p[12:24] if version == 4 else p[8:44]  # addresses and ports
+        tflags = p[ihl + 13]
+        plen = n - hl
+        if thl < 20 or plen <= 0 or tflags & ~TCP_PSH != TCP_ACK:
+            # SYN/FIN/RST/URG/ECE/CWR, pure ACKs, bad header lengths: written alone, and they end the
+            # flow's run.
+            g = open_groups.pop(key, None)
+            if g is not None:
+                g.closed = True
+            out.append((single_hdr, p))
+            continue
+        ipsig = bytes((p[1], p[6] & 0x40, p[8])) if version == 4 else p[0:4] + p[7:8]  # TOS DF TTL / TC FL HL
+        sig = ipsig + p[ihl + 8 : ihl + 12] + p[ihl + 14 : ihl + 16] + p[ihl + 20 : hl]
+        seq = _U32.unpack_from(p, ihl + 4)[0]
+        psh = bool(tflags & TCP_PSH)
+        g = open_groups.get(key)
+        if (
+            g is not None
+            and not g.closed
+            and g.sig == sig
+            and g.thl == thl
+            and g.next_seq == seq
+            and plen <= g.gso_size
+            and g.length + plen <= MAX_SUPER_PACKET
+        ):
+            g.payloads.append(memoryview(p)[hl:])
+            g.length += plen
+            g.next_seq = (seq + plen) & 0xFFFFFFFF
+            if psh or plen < g.gso_size:
+                g.psh = psh
+                g.closed = True
+            continue
+        if g is not None:
+            g.closed = True
+        g = _Group(
+            first=p, ihl=ihl, thl=thl, version=version, sig=sig, gso_size=plen,
+            next_seq=(seq + plen) & 0xFFFFFFFF, length=n, payloads=[memoryview(p)[hl:]], psh=psh, closed=psh,
+        )
+        open_groups[key] = g
+        out.append(g)
+    result: list[tuple[bytes, Buffer]] = []
+    for item in out:
+        if isinstance(item, _Group):
+            if len(item.payloads) == 1:
+                result.append((single_hdr, item.first))
+            else:
+                result.append(_build(item))
+        else:
+            result.append(item)
+    return result
