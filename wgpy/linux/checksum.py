@@ -26,9 +26,11 @@ Buffer = bytes | bytearray | memoryview
 
 _masks: dict[int, int] = {}
 
+_np: Any
 try:  # numpy is optional: the data plane must work without it
-    import numpy as _np
+    import numpy
 
+    _np = numpy
     HAVE_NUMPY = True
 except ImportError:  # pragma: no cover - exercised by the forced-pure tests instead
     _np = None
@@ -83,7 +85,7 @@ def _segment_sums_pure(payload: Buffer, size: int) -> list[int]:
 
 
 def _segment_sums_numpy(payload: Buffer, size: int) -> list[int]:
-    np: Any = _np
+    np = _np
     n = len(payload)
     full = n // size
     out: list[int]
