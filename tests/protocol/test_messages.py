@@ -115,9 +115,9 @@ def test_parse_rejects_wrong_type_and_reserved(cls: Any, good: bytes) -> None:
         assert (cls.parse(data) is not None) == (t == good[0])
     for pos in (1, 2, 3):
         for value in (1, 0x80, 0xFF):
-            data = bytearray(good)
-            data[pos] = value
-            assert cls.parse(bytes(data)) is None
+            bad = bytearray(good)
+            bad[pos] = value
+            assert cls.parse(bytes(bad)) is None
 
 
 def test_parsers_reject_each_others_messages() -> None:
@@ -140,7 +140,7 @@ def test_parse_never_raises(data: bytes) -> None:
 def test_parse_of_right_length_and_header(size: int, body: bytes) -> None:
     t = {148: 1, 92: 2, 64: 3}[size]
     data = bytes([t, 0, 0, 0]) + body[: size - 4]
-    cls = {148: Initiation, 92: Response, 64: CookieReply}[size]
+    cls: Any = {148: Initiation, 92: Response, 64: CookieReply}[size]
     msg = cls.parse(data)
     assert msg is not None
     assert msg.to_bytes() == data

@@ -373,7 +373,8 @@ def test_tampered_initiation_rejected(field: str, bit: int) -> None:
     value = bytearray(getattr(parsed, field))
     pos = bit // 8 % len(value)
     value[pos] ^= 1 << (bit % 8)
-    tampered = dataclasses.replace(parsed, **{field: bytes(value)})
+    changes: dict[str, Any] = {field: bytes(value)}
+    tampered = dataclasses.replace(parsed, **changes)
     assert consume_initiation(p.responder, tampered, p.lookup) is None
 
 
