@@ -22,7 +22,6 @@ from __future__ import annotations
 import errno
 import ipaddress
 from dataclasses import dataclass
-from enum import Enum
 from typing import Final
 
 from wgpy.protocol.constants import KEY_LEN
@@ -110,7 +109,9 @@ class AddAllowedIP:
     network: Network
 
 
-PeerOp = RemovePeer | UpdateOnly | SetPresharedKey | SetEndpoint | SetPersistentKeepalive | ReplaceAllowedIPs | AddAllowedIP
+PeerOp = (
+    RemovePeer | UpdateOnly | SetPresharedKey | SetEndpoint | SetPersistentKeepalive | ReplaceAllowedIPs | AddAllowedIP
+)
 DeviceOp = SetPrivateKey | SetListenPort | SetFwmark | ReplacePeers
 
 

@@ -1,0 +1,267 @@
+"""wgpyd's life cycle in namespaces, and the helpers every tests/integration/test_daemon_*.py module shares.
+
+Each test builds its own namespaces with tests/netns.py; daemons (wgpyd and Debian's wireguard-go) are started
+inside them and end by PID in teardown. Their logs go to files under /tmp named after the interface, so a failing
+test can show them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.netns import WG_RUN_DIR, Lab, Namespace, netlab  # noqa: F401  (the fixture)
+
+WGPYD = "wgpyd"
+WIREGUARD_GO = "wireguard-go"
+
+
+def genkey() -> tuple[str, str]:
+    private = subprocess.run(["wg", "genkey"], capture_output=True, text=True, check=True).stdout.strip()
+    public = subprocess.run(["wg", "pubkey"], input=private, capture_output=True, text=True, check=True).stdout.strip()
+    return private, public
+
+
+def genpsk() -> str:
+    return subprocess.run(["wg", "genpsk"], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def uapi(iface: str, request: str, timeout: float = 10) -> str:
+    """One raw request on the interface's UAPI socket; returns the answer up to its final empty line."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(WG_RUN_DIR / f"{iface}.sock"))
+        sock.sendall(request.encode())
+        out = b""
+        while not out.endswith(b"\n\n") or b"errno=" not in out:
+            data = sock.recv(65536)
+            if not data:
+                break
+            out += data
+    return out.decode()
+
+
+def daemon_pids(ns: Namespace, iface: str) -> list[int]:
+    """PIDs of processes in ``ns`` whose command line names ``iface`` (the detached daemon)."""
+    pids = subprocess.run(["ip", "netns", "pids", ns.name], capture_output=True, text=True).stdout.split()
+    found = []
+    for pid in pids:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if iface.encode() in cmdline:
+            found.append(int(pid))
+    return found
+
+
+def wait_until(predicate: object, seconds: float = 10, what: str = "condition") -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {seconds} s waiting for {what}")
+
+
+def link_exists(ns: Namespace, iface: str) -> bool:
+    return ns.run(["ip", "link", "show", "dev", iface], check=False).returncode == 0
+
+
+@dataclass
+class Node:
+    """One WireGuard interface in one namespace, served by wgpyd or wireguard-go."""
+
+    ns: Namespace
+    iface: str
+    kind: str
+    outer4: str
+    outer6: str
+    inner4: str
+    inner6: str
+    port: int = 51820
+    private: str = ""
+    public: str = ""
+    log: Path = field(default_factory=Path)
+
+    def __post_init__(self) -> None:
+        self.private, self.public = genkey()
+        self.log = Path(f"/tmp/{self.iface}-{self.kind}.log")
+
+    def start(self, extra_env: dict[str, str] | None = None, args: Sequence[str] = ()) -> None:
+        env = {"LOG_LEVEL": "verbose", **(extra_env or {})}
+        exports = " ".join(f"{k}='{v}'" for k, v in env.items())
+        command = " ".join([self.kind, *args, self.iface])
+        self.ns.sh(f"{exports} {command} >>{self.log} 2>&1")
+        assert (WG_RUN_DIR / f"{self.iface}.sock").exists()
+        self.ns.sh(
+            f"ip addr add {self.inner4}/24 dev {self.iface} && "
+            f"ip -6 addr add {self.inner6}/64 dev {self.iface} nodad && ip link set {self.iface} up"
+        )
+
+    def wg(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.ns.run(["wg", *args], input=input, check=check)
+
+    def setconf(self, text: str, command: str = "setconf") -> None:
+        self.wg(command, self.iface, "/dev/stdin", input=text)
+
+    def uapi(self, request: str) -> str:
+        return uapi(self.iface, request)
+
+    def pids(self) -> list[int]:
+        return daemon_pids(self.ns, self.iface)
+
+    def endpoint(self, family: str) -> str:
+        return f"{self.outer4}:{self.port}" if family == "4" else f"[{self.outer6}]:{self.port}"
+
+    def logs(self) -> str:
+        try:
+            return self.log.read_text()[-4000:]
+        except OSError:
+            return ""
+
+
+def peer_block(peer: Node, allowed: str, endpoint: str | None = None, psk: str | None = None,
+               keepalive: int = 0) -> str:
+    text = f"[Peer]\nPublicKey = {peer.public}\nAllowedIPs = {allowed}\n"
+    if endpoint:
+        text += f"Endpoint = {endpoint}\n"
+    if psk:
+        text += f"PresharedKey = {psk}\n"
+    if keepalive:
+        text += f"PersistentKeepalive = {keepalive}\n"
+    return text
+
+
+def interface_block(node: Node, port: int | None = None) -> str:
+    return f"[Interface]\nPrivateKey = {node.private}\nListenPort = {node.port if port is None else port}\n"
+
+
+def make_pair(
+    lab: Lab, kind_a: str, kind_b: str, *, family: str = "4", psk: bool = False, a_knows_b: bool = True,
+    b_knows_a: bool = True,
+) -> tuple[Node, Node]:
+    """Two namespaces joined by a veth, one WireGuard interface in each, configured as each other's peer.
+
+    ``a_knows_b``: A has B's endpoint (so A can initiate); the other side learns A's endpoint from the handshake.
+    """
+    ns_a, ns_b = lab.namespace(), lab.namespace()
+    lab.veth(ns_a, ["198.18.0.1/24", "fd00:18::1/64"], ns_b, ["198.18.0.2/24", "fd00:18::2/64"])
+    a = Node(ns_a, lab.interface(), kind_a, "198.18.0.1", "fd00:18::1", "10.0.0.1", "fd00:a::1")
+    b = Node(ns_b, lab.interface(), kind_b, "198.18.0.2", "fd00:18::2", "10.0.0.2", "fd00:a::2")
+    a.start()
+    b.start()
+    key = genpsk() if psk else None
+    a.setconf(interface_block(a) + peer_block(b, f"{b.inner4}/32,{b.inner6}/128",
+                                              b.endpoint(family) if a_knows_b else None, key))
+    b.setconf(interface_block(b) + peer_block(a, f"{a.inner4}/32,{a.inner6}/128",
+                                              a.endpoint(family) if b_knows_a else None, key))
+    return a, b
+
+
+def assert_clean(node: Node) -> None:
+    """Nothing left behind: no process, no socket file, no interface."""
+    wait_until(lambda: not node.pids(), 10, f"{node.kind} {node.iface} to exit")
+    assert not (WG_RUN_DIR / f"{node.iface}.sock").exists(), "socket file left behind"
+    assert not link_exists(node.ns, node.iface), "interface left behind"
+
+
+# --- life cycle ----------------------------------------------------------------------------------------------------
+
+
+def test_version_and_usage() -> None:
+    out = subprocess.run([WGPYD, "--version"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and out.stdout.startswith("wgpyd v")
+    out = subprocess.run([WGPYD], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and "Usage" in out.stderr
+
+
+def _single(lab: Lab) -> Node:
+    ns = lab.namespace()
+    node = Node(ns, lab.interface(), WGPYD, "", "", "10.0.0.1", "fd00:a::1")
+    node.start()
+    return node
+
+
+@pytest.mark.netns
+def test_daemonises_and_stops_on_sigterm(netlab: Lab) -> None:
+    node = _single(netlab)
+    pids = node.pids()
+    assert len(pids) == 1, pids
+    st = (WG_RUN_DIR / f"{node.iface}.sock").lstat()
+    assert st.st_mode & 0o777 == 0o700
+    mtu = node.ns.run(["cat", f"/sys/class/net/{node.iface}/mtu"]).stdout.strip()
+    assert mtu == "1420"
+    answer = node.uapi("get=1\n\n")
+    assert answer.startswith("listen_port=") and answer.endswith("errno=0\n\n")
+    assert int(answer.split("\n")[0].split("=")[1]) > 0  # a port was picked at start, as wireguard-go does
+    os.kill(pids[0], signal.SIGTERM)
+    assert_clean(node)
+
+
+@pytest.mark.netns
+def test_stops_when_socket_file_removed(netlab: Lab) -> None:
+    node = _single(netlab)
+    (WG_RUN_DIR / f"{node.iface}.sock").unlink()
+    assert_clean(node)
+
+
+@pytest.mark.netns
+def test_stops_when_interface_deleted(netlab: Lab) -> None:
+    node = _single(netlab)
+    node.ns.run(["ip", "link", "del", "dev", node.iface])
+    assert_clean(node)
+
+
+@pytest.mark.netns
+def test_foreground_and_sigint(netlab: Lab) -> None:
+    ns = netlab.namespace()
+    iface = netlab.interface()
+    proc = ns.popen([WGPYD, "--foreground", iface], env={"LOG_LEVEL": "verbose"},
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    wait_until(lambda: (WG_RUN_DIR / f"{iface}.sock").exists(), 20, "the UAPI socket")
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=10)
+    assert proc.returncode == 0
+    text = out.decode()
+    assert f"DEBUG: ({iface}) " in text and "Device closing" in text
+    assert not (WG_RUN_DIR / f"{iface}.sock").exists() and not link_exists(ns, iface)
+
+
+@pytest.mark.netns
+def test_second_daemon_refused_and_first_unharmed(netlab: Lab) -> None:
+    node = _single(netlab)
+    out = node.ns.run([WGPYD, node.iface], check=False)
+    assert out.returncode == 1 and "failed to set up" in out.stderr
+    assert node.uapi("get=1\n\n").endswith("errno=0\n\n")
+    assert len(node.pids()) == 1
+
+
+@pytest.mark.netns
+def test_stale_socket_replaced(netlab: Lab) -> None:
+    ns = netlab.namespace()
+    iface = netlab.interface()
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(WG_RUN_DIR / f"{iface}.sock"))
+    stale.close()  # the file stays; nobody listens
+    ns.run([WGPYD, iface])
+    assert uapi(iface, "get=1\n\n").endswith("errno=0\n\n")
+
+
+@pytest.mark.netns
+def test_keylog_file_created_private_with_warning(netlab: Lab, tmp_path: Path) -> None:
+    ns = netlab.namespace()
+    iface = netlab.interface()
+    keylog = tmp_path / "keys.log"
+    out = ns.run([WGPYD, "--keylog", str(keylog), iface])
+    assert "key log is ON" in out.stderr
+    assert keylog.exists() and keylog.stat().st_mode & 0o777 == 0o600

@@ -1,0 +1,383 @@
+"""The event loop: one epoll set drives the TUN device, the UDP sockets, the UAPI socket, rtnetlink and the core.
+
+There is no polling tick. Each wakeup:
+
+1. waits in ``epoll`` until a file descriptor is ready or until ``Device.next_deadline()`` (the core's earliest
+   timer), whichever comes first;
+2. drains every ready descriptor in batches (``Tun.read_packets`` / ``UdpSocket.recv_batch``, up to
+   ``DRAIN_LIMIT`` per descriptor per wakeup so that one busy descriptor cannot starve the others: epoll is
+   level-triggered and brings us back at once for the rest), serves UAPI clients, and reads rtnetlink and inotify;
+3. feeds all datagrams to ``Device.receive`` and all packets to ``Device.send`` in one call each, runs
+   ``Device.tick`` if a deadline passed;
+4. flushes the outputs: ``take_datagrams()`` per endpoint with ``send_batch``, ``take_packets()`` with
+   ``write_packets``. A UAPI ``set`` (a new endpoint starts a handshake at once) is flushed by the same step.
+
+The loop ends on SIGINT/SIGTERM, when the UAPI socket file is removed or replaced (inotify on the path, as
+wireguard-go watches it), and when the interface is deleted (RTM_DELLINK on an rtnetlink socket, or a TUN read
+failing). Shutdown removes the socket file (if it is still ours) and closes the TUN, which deletes the interface.
+"""
+
+from __future__ import annotations
+
+import base64
+import ctypes
+import ctypes.util
+import errno
+import logging
+import os
+import select
+import signal
+import socket
+import struct
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Final, cast
+
+from wgpy.linux.tun import Tun, TunGoneError
+from wgpy.linux.udp import UdpSocket
+from wgpy.protocol.device import Device, Event, EventKind
+from wgpy.protocol.peer import Endpoint
+from wgpy.uapi.apply import SocketControl, apply_set, format_get, format_stats
+from wgpy.uapi.request import GetRequest, Request, SetRequest, StatsRequest
+from wgpy.uapi.server import UapiServer
+
+log = logging.getLogger("wgpy.daemon")
+
+Buffer = bytes | memoryview
+
+BATCH: Final = 64
+DRAIN_LIMIT: Final = 512
+
+# rtnetlink (linux/rtnetlink.h, linux/if_link.h)
+RTMGRP_LINK: Final = 1
+RTM_NEWLINK: Final = 16
+RTM_DELLINK: Final = 17
+IFLA_MTU: Final = 4
+NLMSGHDR: Final = struct.Struct("=IHHII")
+IFINFOMSG: Final = struct.Struct("=BxHiII")
+RTATTR: Final = struct.Struct("=HH")
+
+# inotify (linux/inotify.h)
+IN_ATTRIB: Final = 0x4
+IN_MOVE_SELF: Final = 0x800
+IN_DELETE_SELF: Final = 0x400
+IN_NONBLOCK: Final = os.O_NONBLOCK
+IN_CLOEXEC: Final = os.O_CLOEXEC
+
+
+def short_key(public_key: bytes) -> str:
+    """wireguard-go's ``peer(abcd…wxyz)``: the first and last four base64 characters."""
+    text = base64.b64encode(public_key).decode()
+    return f"peer({text[:4]}…{text[39:43]})"
+
+
+class Inotify:
+    """Watch one path with inotify (by ctypes: the standard library has no binding, and it is two calls)."""
+
+    def __init__(self, path: Path) -> None:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        if fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1")
+        self.fd = int(fd)
+        wd = libc.inotify_add_watch(self.fd, os.fsencode(path), IN_ATTRIB | IN_MOVE_SELF | IN_DELETE_SELF)
+        if wd < 0:
+            err = ctypes.get_errno()
+            os.close(self.fd)
+            raise OSError(err, f"inotify_add_watch {path}")
+
+    def drain(self) -> None:
+        while True:
+            try:
+                if not os.read(self.fd, 4096):
+                    return
+            except (BlockingIOError, InterruptedError):
+                return
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class EventLoop:
+    def __init__(
+        self, interface: str, tun: Tun, udp: UdpSocket, device: Device, listener: socket.socket,
+        socket_file: Path | None,
+    ) -> None:
+        self.interface = interface
+        self.tun = tun
+        self.udp = udp
+        self.device = device
+        self.socket_file = socket_file
+        self.stop_reason: str | None = None
+        self.epoll = select.epoll()
+        self.server = UapiServer(listener, self.handle_uapi, self.epoll)
+        self.sockets = SocketControl(self._rebind, self._set_fwmark)
+        device.listen_port = udp.port
+        device.fwmark = 0
+        if log.isEnabledFor(logging.DEBUG):
+            device.events = []
+
+        self.tun_fd = tun.fd
+        self.epoll.register(self.tun_fd, select.EPOLLIN)
+        self.udp_fds: list[int] = []
+        self._register_udp()
+
+        self.ifindex = socket.if_nametoindex(tun.name)
+        self.netlink = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        self.netlink.bind((0, RTMGRP_LINK))
+        self.netlink.setblocking(False)
+        self.epoll.register(self.netlink.fileno(), select.EPOLLIN)
+
+        self.inotify: Inotify | None = None
+        self.socket_inode: int | None = None
+        if socket_file is not None:
+            self.socket_inode = socket_file.lstat().st_ino
+            self.inotify = Inotify(socket_file)
+            self.epoll.register(self.inotify.fd, select.EPOLLIN)
+
+        # Signals wake epoll through a non-blocking pipe (the handler itself only records the reason).
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.epoll.register(self.wake_r, select.EPOLLIN)
+        self._old_wakeup = signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        self._old_handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    # --- lifecycle ------------------------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.stop(f"received {signal.Signals(signum).name}")
+
+    def stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+
+    def run(self) -> None:
+        log.debug("Device started")
+        device = self.device
+        monotonic, wall_clock = time.monotonic, time.time
+        while self.stop_reason is None:
+            deadline = device.next_deadline()
+            timeout = -1.0 if deadline is None else max(0.0, deadline - monotonic())
+            try:
+                events = self.epoll.poll(timeout)
+            except InterruptedError:
+                continue
+            packets: list[Buffer] = []
+            datagrams: list[tuple[Buffer, Endpoint]] = []
+            for fd, mask in events:
+                if fd == self.tun_fd:
+                    self._read_tun(packets, mask)
+                elif fd in self.udp_fds:
+                    self._read_udp(fd, datagrams)
+                elif self.server.owns(fd):
+                    self.server.handle(fd, mask)
+                elif fd == self.netlink.fileno():
+                    self._read_netlink()
+                elif self.inotify is not None and fd == self.inotify.fd:
+                    self.inotify.drain()
+                    self._check_socket_file()
+                elif fd == self.wake_r:
+                    self._drain_wakeup()
+            now, wall = monotonic(), wall_clock()
+            # The data plane hands out memoryviews over its buffers where that saves a copy; the core only reads
+            # them through the buffer protocol.
+            if datagrams:
+                device.receive(cast("list[tuple[bytes, Endpoint]]", datagrams), now, wall)
+            if packets:
+                device.send(cast("list[bytes]", packets), now, wall)
+            deadline = device.next_deadline()
+            if deadline is not None and deadline <= now:
+                device.tick(now, wall)
+            self.flush()
+        log.debug("Device closing: %s", self.stop_reason)
+
+    def close(self) -> None:
+        """Remove everything the daemon made: the socket file (if still ours), the interface, the sockets."""
+        signal.set_wakeup_fd(self._old_wakeup)
+        for sig, handler in self._old_handlers.items():
+            signal.signal(sig, handler)
+        self.server.close()
+        if self.socket_file is not None:
+            try:
+                if self.socket_file.lstat().st_ino == self.socket_inode:
+                    self.socket_file.unlink()
+            except FileNotFoundError:
+                pass
+        if self.inotify is not None:
+            self.inotify.close()
+        self.netlink.close()
+        self.udp.close()
+        self.tun.close()
+        os.close(self.wake_r)
+        os.close(self.wake_w)
+        self.epoll.close()
+        keylog = self.device.keylog
+        if keylog is not None and hasattr(keylog, "close"):
+            keylog.close()
+        log.debug("Device closed")
+
+    # --- I/O --------------------------------------------------------------------------------------------------
+
+    def _read_tun(self, packets: list[Buffer], mask: int) -> None:
+        try:
+            while len(packets) < DRAIN_LIMIT:
+                batch = self.tun.read_packets(BATCH)
+                if not batch:
+                    break
+                packets.extend(batch)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EINTR):
+                return
+            self.stop(f"TUN read failed ({exc.strerror}): interface gone")
+            return
+        if mask & (select.EPOLLHUP | select.EPOLLERR) and not packets:
+            self.stop("TUN device hung up")
+
+    def _read_udp(self, fd: int, datagrams: list[tuple[Buffer, Endpoint]]) -> None:
+        start = len(datagrams)
+        while len(datagrams) - start < DRAIN_LIMIT:
+            try:
+                batch = self.udp.recv_batch(fd, BATCH)
+            except OSError as exc:  # ECONNREFUSED from ICMP and friends: never end the daemon
+                log.debug("UDP receive: %s", exc)
+                break
+            if not batch:
+                break
+            datagrams.extend(batch)
+
+    def flush(self) -> None:
+        device = self.device
+        for endpoint, batch in device.take_datagrams():
+            try:
+                self.udp.send_batch(endpoint, batch)
+            except OSError as exc:
+                log.debug("UDP send to %s failed: %s", endpoint, exc)
+        packets = device.take_packets()
+        if packets:
+            try:
+                self.tun.write_packets(packets)
+            except TunGoneError:
+                self.stop("TUN device gone")
+            except OSError as exc:
+                log.debug("TUN write failed: %s", exc)
+        if device.events is not None:
+            for event in device.take_events():
+                self._log_event(event)
+
+    def _log_event(self, event: Event) -> None:
+        who = short_key(event.peer) if event.peer else "device"
+        detail = f": {event.detail}" if event.detail else ""
+        text = {
+            EventKind.HANDSHAKE_INITIATED: "Sending handshake initiation",
+            EventKind.HANDSHAKE_COMPLETED: "Handshake completed",
+            EventKind.HANDSHAKE_REJECTED: "Handshake rejected",
+            EventKind.HANDSHAKE_GAVE_UP: "Handshake did not complete, giving up",
+            EventKind.ENDPOINT_CHANGED: "Endpoint changed",
+            EventKind.COOKIE_SENT: "Sending cookie response",
+            EventKind.KEYS_ZEROED: "Removing all keys, since we haven't received a new one in 540 seconds",
+        }.get(event.kind, event.kind.value)
+        log.debug("%s - %s%s", who, text, detail)
+
+    def _register_udp(self) -> None:
+        for fd in self.udp_fds:
+            try:
+                self.epoll.unregister(fd)
+            except (OSError, ValueError):
+                pass
+        self.udp_fds = list(self.udp.fileno())
+        for fd in self.udp_fds:
+            self.epoll.register(fd, select.EPOLLIN)
+
+    def _rebind(self, port: int) -> int:
+        old = list(self.udp_fds)
+        for fd in old:
+            try:
+                self.epoll.unregister(fd)
+            except (OSError, ValueError):
+                pass
+        self.udp_fds = []
+        try:
+            self.udp.rebind(port)
+        finally:
+            self._register_udp()
+        log.debug("UDP bind has been updated")
+        return int(self.udp.port)
+
+    def _set_fwmark(self, mark: int) -> None:
+        self.udp.set_fwmark(mark)
+
+    # --- UAPI ---------------------------------------------------------------------------------------------------
+
+    def handle_uapi(self, request: Request) -> tuple[str, int]:
+        if isinstance(request, GetRequest):
+            return format_get(self.device), 0
+        if isinstance(request, StatsRequest):
+            return format_stats(self.device), 0
+        assert isinstance(request, SetRequest)
+        apply_set(self.device, request, time.monotonic(), time.time(), self.sockets)
+        log.debug("UAPI: set applied (%d device keys, %d peer sections)", len(request.device), len(request.peers))
+        return "", 0
+
+    # --- interface and socket file ----------------------------------------------------------------------------
+
+    def _read_netlink(self) -> None:
+        while True:
+            try:
+                data = self.netlink.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # ENOBUFS: we missed messages; check the interface directly
+                log.debug("rtnetlink: %s", exc)
+                self._check_interface()
+                return
+            offset = 0
+            while offset + NLMSGHDR.size <= len(data):
+                length, kind, _flags, _seq, _pid = NLMSGHDR.unpack_from(data, offset)
+                if length < NLMSGHDR.size:
+                    break
+                body = offset + NLMSGHDR.size
+                if kind in (RTM_NEWLINK, RTM_DELLINK) and body + IFINFOMSG.size <= len(data):
+                    _family, _type, index, _iflags, _change = IFINFOMSG.unpack_from(data, body)
+                    if index == self.ifindex:
+                        if kind == RTM_DELLINK:
+                            self.stop("interface deleted")
+                        else:
+                            self._link_attributes(data[body + IFINFOMSG.size:offset + length])
+                offset += (length + 3) & ~3
+
+    def _link_attributes(self, attrs: bytes) -> None:
+        offset = 0
+        while offset + RTATTR.size <= len(attrs):
+            length, kind = RTATTR.unpack_from(attrs, offset)
+            if length < RTATTR.size:
+                return
+            if kind == IFLA_MTU and length >= RTATTR.size + 4:
+                mtu = struct.unpack_from("=I", attrs, offset + RTATTR.size)[0]
+                if mtu != self.device.mtu:
+                    log.debug("MTU updated: %d", mtu)
+                    self.device.mtu = mtu
+            offset += (length + 3) & ~3
+
+    def _check_interface(self) -> None:
+        try:
+            socket.if_nametoindex(self.tun.name)
+        except OSError:
+            self.stop("interface deleted")
+
+    def _check_socket_file(self) -> None:
+        assert self.socket_file is not None
+        try:
+            inode = self.socket_file.lstat().st_ino
+        except FileNotFoundError:
+            self.stop("UAPI socket file removed")
+            return
+        if inode != self.socket_inode:
+            self.stop("UAPI socket file replaced")
+
+    def _drain_wakeup(self) -> None:
+        while True:
+            try:
+                if not os.read(self.wake_r, 512):
+                    return
+            except (BlockingIOError, InterruptedError):
+                return
