@@ -52,6 +52,9 @@ _CMSG_SPACE = socket.CMSG_SPACE(_IN6_PKTINFO.size) + socket.CMSG_SPACE(_INT.size
 # ENETUNREACH,
 # EAGAIN, ENOBUFS, EPERM from a firewall, ...) concerns one destination or a passing condition and is counted.
 _FATAL_SEND_ERRORS = frozenset({errno.EBADF, errno.ENOTSOCK})
+# What sendmsg says when the remembered source address is no longer ours (ENETUNREACH on 6.18 for IPv4): the
+# source is forgotten and the send retried once without it.
+_SOURCE_GONE = frozenset({errno.EINVAL, errno.EADDRNOTAVAIL, errno.ENETUNREACH})
 
 
 @dataclass
@@ -349,7 +352,7 @@ class UdpSocket:
             try:
                 sock.sendmsg(run, cmsg, 0, address)
             except OSError as e:
-                if ancillary and e.errno in (errno.EINVAL, errno.EADDRNOTAVAIL):
+                if ancillary and e.errno in _SOURCE_GONE:
                     # The remembered source address is gone (or never routable here): forget it and retry.
                     ancillary = self._drop_source(endpoint)
                     cmsg = cmsg[:1]
@@ -380,7 +383,7 @@ class UdpSocket:
             try:
                 sendmsg((d,), ancillary, 0, address)
             except OSError as e:
-                if ancillary and e.errno in (errno.EINVAL, errno.EADDRNOTAVAIL):
+                if ancillary and e.errno in _SOURCE_GONE:
                     ancillary = self._drop_source(endpoint)
                     try:
                         sendmsg((d,), ancillary, 0, address)
