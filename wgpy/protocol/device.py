@@ -143,8 +143,10 @@ class Tunables:
     max_staged_packets: int = C.MAX_STAGED_PACKETS
     # Under-load detection. The references count the handshake messages waiting in their queue (more than 1/8 of
     # 4096). A single-threaded sans-I/O core has no queue; what it sees is how many handshake messages arrive per
-    # unit of time, so it counts them in a sliding one-second window, plus whatever backlog the caller reports.
-    under_load_handshakes: int = C.MAX_QUEUED_HANDSHAKES // 8
+    # unit of time, so it counts them in a one-second window, plus whatever backlog the caller reports. The default,
+    # 1024 per second, is about a fifth of what one core completes (bench/bench_core.py) and far above what even
+    # 10,000 peers rekeying every two minutes need (about 83 per second).
+    under_load_handshakes: int = 1024
     under_load_after_time: float = C.UNDER_LOAD_AFTER_TIME
     ratelimit_packets_per_second: float = C.PACKETS_PER_SECOND
     ratelimit_burst: int = C.PACKETS_BURSTABLE
