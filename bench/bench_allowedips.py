@@ -187,9 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  memory of the table           {traced / 2**20:8.1f} MiB (tracemalloc)")
     print(f"    per prefix                  {traced / len(prefixes):8.0f} B")
     print(f"    per peer (with its 10)      {traced / peers:8.0f} B")
-    print(
-        f"    of which per-peer lists     {bookkeeping / peers:8.0f} B per peer (the order entries_for keeps)"
-    )
+    print(f"    of which per-peer lists     {bookkeeping / peers:8.0f} B per peer (the order entries_for keeps)")
     print(f"  entries_for(peer)             {entries_seconds * 1e6:8.2f} µs (builds 10 network objects)")
     print()
 
@@ -203,10 +201,8 @@ def main(argv: list[str] | None = None) -> None:
     print("  ".join(f"{h:>15}" for h in header))
     for size in (1_000, 10_000, 100_000):
         sub_rng = random.Random(args.seed + size)
-        if size == len(prefixes):
-            sub_prefixes = prefixes
-        else:
-            sub_prefixes = make_prefixes(size // PREFIXES_PER_PEER, sub_rng)
+        reuse = size == len(prefixes)
+        sub_prefixes = prefixes if reuse else make_prefixes(size // PREFIXES_PER_PEER, sub_rng)
         sub_table, sub_build = build(sub_prefixes)
         rows = lookup_rows(sub_table, sub_prefixes, min(args.lookups, 50_000), sub_rng)
         cells = [f"{size:,}"] + [f"{s * 1e6:.3f}" for _, s in rows[:4]] + [f"{sub_build / size * 1e6:.2f}"]

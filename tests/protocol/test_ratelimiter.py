@@ -182,6 +182,14 @@ def test_bad_arguments() -> None:
         RateLimiter(max_entries=0)
 
 
+def test_float_rate() -> None:
+    """The device's tunables hold the rate as a float; 20.0 must behave exactly like 20."""
+    limiter = RateLimiter(packets_per_second=float(PACKETS_PER_SECOND))
+    results = [limiter.allow(V4, 0.0) for _ in range(PACKETS_BURSTABLE + 1)]
+    assert results == [True] * PACKETS_BURSTABLE + [False]
+    assert limiter.allow(V4, COST)
+
+
 def test_clear() -> None:
     limiter = RateLimiter()
     for _ in range(PACKETS_BURSTABLE):

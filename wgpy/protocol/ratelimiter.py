@@ -51,14 +51,14 @@ class RateLimiter:
 
     def __init__(
         self,
-        packets_per_second: int = PACKETS_PER_SECOND,
+        packets_per_second: float = PACKETS_PER_SECOND,
         burst: int = PACKETS_BURSTABLE,
         gc_interval: float = 1.0,
         max_entries: int = DEFAULT_MAX_ENTRIES,
     ) -> None:
-        if packets_per_second <= 0 or burst <= 0 or max_entries <= 0 or gc_interval < 0:
+        if not 0 < packets_per_second <= NSEC_PER_SEC or burst <= 0 or max_entries <= 0 or gc_interval < 0:
             raise ValueError("packets_per_second, burst and max_entries must be positive, gc_interval >= 0")
-        self._packet_cost = NSEC_PER_SEC // packets_per_second  # PACKET_COST
+        self._packet_cost = int(NSEC_PER_SEC // packets_per_second)  # PACKET_COST
         self._token_max = self._packet_cost * burst  # TOKEN_MAX
         self._gc_interval = gc_interval
         self._max_entries = max_entries
