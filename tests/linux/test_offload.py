@@ -4,8 +4,11 @@ here."""
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -335,3 +338,23 @@ def test_checksum_paths_agree_with_slow_reference(data: bytes, size: int) -> Non
     c = checksum.checksum(data)
     assert c != 0
     assert slow_sum(data + b"\0" * (len(data) % 2) + struct.pack(">H", c)) == 0xFFFF
+
+
+def test_everything_works_without_numpy() -> None:
+    """numpy is optional: with its import blocked the module falls back to the pure path at import."""
+    code = (
+        "import sys; sys.modules['numpy'] = None\n"
+        "from wgpy.linux import checksum\n"
+        "assert not checksum.HAVE_NUMPY and not checksum.use_numpy\n"
+        "from tests.linux.test_offload import build_super, assert_valid\n"
+        "from wgpy.linux.offload import split_super_packet, coalesce\n"
+        "h, p = build_super(4, 6, bytes(range(256)) * 40, 1000)\n"
+        "segs = split_super_packet(h, p)\n"
+        "assert len(segs) == 11\n"
+        "[assert_valid(s) for s in segs]\n"
+        "assert [x for hh, pp in coalesce(segs) for x in split_super_packet(hh, pp)] == segs\n"
+        "print('ok')\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "ok", out.stderr

@@ -216,3 +216,38 @@ def test_ipv6_endpoints_are_canonical_and_v4_mapped_sends_go_over_ipv4() -> None
         a.send_batch(("::ffff:127.0.0.1", b.port), [b"mapped"])
         got = sorted(drain(b, 2))
         assert got == [(b"mapped", ("127.0.0.1", a.port)), (b"v6", ("::1", a.port))]
+
+
+def test_gso_refused_by_the_path_falls_back_to_single_datagrams(netlab: Lab) -> None:
+    """A GSO segment larger than the path MTU gets EINVAL from the kernel: the run goes out one by one
+    (and IP fragments each datagram), nothing is lost, nothing raised."""
+    a, b = netlab.namespace(), netlab.namespace()
+    netlab.veth(a, ["198.18.8.1/24", "fd00:8::1/64"], b, ["198.18.8.2/24", "fd00:8::2/64"])
+    with in_netns(a.name):
+        tx = UdpSocket()
+    with in_netns(b.name):
+        rx = UdpSocket()
+    with tx, rx:
+        assert tx.gso
+        big = [bytes([i]) * 1600 for i in range(5)]
+        small = [bytes([i]) * 1000 for i in range(5)]
+        for host in ("198.18.8.2", "fd00:8::2"):
+            tx.send_batch((host, rx.port), big + small)
+            got = drain(rx, 10)
+            assert [d for d, _ in got] == big + small
+        assert tx.stats.gso_fallbacks == 2
+        assert tx.stats.gso_sends == 2  # the 1000-byte runs still went as GSO
+        assert tx.stats.datagrams_sent == 20 and not tx.stats.send_errors
+
+
+def test_socket_buffers_are_forced_to_8_mib() -> None:
+    with UdpSocket() as s:
+        for fd in s.fileno():
+            probe = socket.socket(fileno=fd)
+            try:
+                # The kernel reports twice what was set (bookkeeping overhead); below 8 MiB means the force
+                # failed.
+                assert probe.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= 8 << 20
+                assert probe.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) >= 8 << 20
+            finally:
+                probe.detach()

@@ -65,6 +65,7 @@ class UdpStats:
     gro_batches: int = 0  # recvmsg calls that returned several datagrams
     send_errors: dict[int, int] = field(default_factory=dict)  # errno -> datagrams lost
     recv_errors: dict[int, int] = field(default_factory=dict)  # errno -> failed recvmsg calls
+    gso_fallbacks: int = 0  # GSO sends the kernel refused, redone one datagram at a time
     sticky_source_resets: int = 0  # a remembered source address stopped working and was forgotten
 
 
@@ -324,7 +325,7 @@ class UdpSocket:
                     break
             run = datagrams[i:j]
             if len(run) == 1 or size == 0:
-                self._send_singly(sock, address, run, ancillary, endpoint)
+                ancillary = self._send_singly(sock, address, run, ancillary, endpoint)
             else:
                 ancillary = self._send_gso(sock, address, run, size, ancillary, endpoint)
             i = j
@@ -347,36 +348,31 @@ class UdpSocket:
         self, sock: socket.socket, address: tuple[str, int], run: Sequence[Buffer], size: int,
         ancillary: list[tuple[int, int, bytes]], endpoint: Endpoint,
     ) -> list[tuple[int, int, bytes]]:
-        cmsg = [(SOL_UDP, UDP_SEGMENT, _U16.pack(size)), *ancillary]
-        for _attempt in range(2):
-            try:
-                sock.sendmsg(run, cmsg, 0, address)
-            except OSError as e:
-                if ancillary and e.errno in _SOURCE_GONE:
-                    # The remembered source address is gone (or never routable here): forget it and retry.
-                    ancillary = self._drop_source(endpoint)
-                    cmsg = cmsg[:1]
-                    continue
-                if e.errno in (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP, errno.EMSGSIZE):
-                    # GSO refused for this route/device (EIO: no checksum offload): this run goes one by one,
-                    # and a kernel without UDP_SEGMENT is not asked again.
-                    if e.errno in (errno.ENOPROTOOPT, errno.EOPNOTSUPP):
-                        self.gso = False
-                    self._send_singly(sock, address, run, ancillary, endpoint)
-                    return ancillary
-                if e.errno in _FATAL_SEND_ERRORS:
-                    raise
+        try:
+            sock.sendmsg(run, [(SOL_UDP, UDP_SEGMENT, _U16.pack(size)), *ancillary], 0, address)
+        except OSError as e:
+            if e.errno in _FATAL_SEND_ERRORS:
+                raise
+            if e.errno in (errno.EAGAIN, errno.ENOBUFS):  # buffer full: one by one would fail the same way
                 self._count_error(e.errno, len(run))
                 return ancillary
-            self.stats.gso_sends += 1
-            self.stats.datagrams_sent += len(run)
-            return ancillary
+            # GSO refused for this route or size (EINVAL: segment above the path MTU; EIO: device without
+            # checksum offload; ENOPROTOOPT: no UDP_SEGMENT at all), or a source/route problem: the
+            # per-datagram
+            # path sorts it out (and forgets a dead sticky source). A kernel without UDP_SEGMENT is not
+            # asked again.
+            if e.errno in (errno.ENOPROTOOPT, errno.EOPNOTSUPP):
+                self.gso = False
+            self.stats.gso_fallbacks += 1
+            return self._send_singly(sock, address, run, ancillary, endpoint)
+        self.stats.gso_sends += 1
+        self.stats.datagrams_sent += len(run)
         return ancillary
 
     def _send_singly(
         self, sock: socket.socket, address: tuple[str, int], datagrams: Sequence[Buffer],
         ancillary: list[tuple[int, int, bytes]], endpoint: Endpoint,
-    ) -> None:
+    ) -> list[tuple[int, int, bytes]]:
         sendmsg = sock.sendmsg
         sent = 0
         for d in datagrams:
@@ -384,6 +380,7 @@ class UdpSocket:
                 sendmsg((d,), ancillary, 0, address)
             except OSError as e:
                 if ancillary and e.errno in _SOURCE_GONE:
+                    # The remembered source address is gone (or never routable here): forget it and retry.
                     ancillary = self._drop_source(endpoint)
                     try:
                         sendmsg((d,), ancillary, 0, address)
@@ -400,3 +397,4 @@ class UdpSocket:
                 continue
             sent += 1
         self.stats.datagrams_sent += sent
+        return ancillary
