@@ -17,6 +17,7 @@ from tests.netns import Lab, Namespace, lab
 from wgpy import config as wgconfig
 from wgpy import keys
 from wgpy.ops.cli import COMMANDS
+from wgpy.ops.provision import safe_filename
 from wgpy.uapi import client as uapi
 
 pytestmark = pytest.mark.netns
@@ -50,7 +51,7 @@ def peer(*args: str) -> None:
 
 def client_conf(tmp_path: Path, server_iface: str, name: str, client_iface: str) -> Path:
     """The issued client configuration, copied to a file named after the client's interface (wg-quick's rule)."""
-    issued = tmp_path / f"{server_iface}.clients" / f"{name}.conf"
+    issued = tmp_path / f"{server_iface}.clients" / f"{safe_filename(name)}.conf"
     dest = tmp_path / "clients" / f"{client_iface}.conf"
     dest.parent.mkdir(exist_ok=True)
     dest.write_text(issued.read_text())

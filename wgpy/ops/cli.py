@@ -402,7 +402,14 @@ def audit_main(argv: list[str]) -> int:
     return _run(go)
 
 
+def exporter_main(argv: list[str]) -> int:
+    from wgpy.ops.exporter import main
+
+    return main(argv)
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "peer": peer_main,
+    "exporter": exporter_main,
     "audit": audit_main,
 }

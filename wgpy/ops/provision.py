@@ -37,7 +37,7 @@ PLACEHOLDER_PRIVATE_KEY = "REPLACE_WITH_THE_CLIENT_PRIVATE_KEY"
 DEFAULT_KEEPALIVE = 25
 _HEADER_RE = re.compile(r"^\s*\[\s*(interface|peer)\s*\]\s*(#.*)?$", re.IGNORECASE)
 _METADATA_RE = re.compile(r"^\s*#\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*=\s*(.*?)\s*$")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.@+-]{0,62}$")
+_NAME_RE = re.compile(r"^[^\s\x00-\x1f\x7f](?:[^\x00-\x1f\x7f]{0,61}[^\s\x00-\x1f\x7f])?$")
 
 
 class ProvisionError(Exception):
@@ -399,7 +399,7 @@ def add_peer(target: Target, request: AddRequest) -> AddResult:
 
     Does not touch the running interface: :func:`sync_live` does that."""
     if not _NAME_RE.match(request.name):
-        raise ProvisionError(f"a peer name is 1-63 letters, digits, spaces or _.@+-: {request.name!r}")
+        raise ProvisionError(f"a peer name is 1-63 printable characters, no outer spaces: {request.name!r}")
     text = ConfigText.load(target.path)
     cfg = text.parse()
     if any(p.friendly_name == request.name for p in cfg.peers):
