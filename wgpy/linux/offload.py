@@ -57,6 +57,12 @@ MAX_SUPER_PACKET = 65535
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _TWO_U16 = struct.Struct(">HH")
+_TWO_U32 = struct.Struct(">II")
+_IP4_VARYING = struct.Struct(">HHHBBH")  # at offset 2: total length, ID, flags/fragment, TTL, protocol, checksum
+_TCP_VARYING = struct.Struct(">IIBBHH")  # at offset 4: seq, ack, data offset, flags, window, checksum
+_IP4_FIXED = struct.Struct(">BBH2xHBB")  # version/IHL, TOS, total length, (ID), flags/fragment, TTL, protocol
+_IP6_FIXED = struct.Struct(">IHBB")  # version/class/flow label, payload length, next header, hop limit
+_TCP_FIXED = struct.Struct(">IIBBH")  # at offset 4: seq, ack, data offset, flags, window
 
 
 class OffloadError(ValueError):
@@ -149,13 +155,22 @@ def split_super_packet(vnet_hdr: Buffer, packet: Buffer) -> list[bytes]:
     sums = segment_sums(payload, gso_size) if plen else [0]
     nseg = len(sums)
     out: list[bytes] = []
-    pack_u16 = _U16.pack_into
-    pack_two = _TWO_U16.pack_into
+    append = out.append
+    join = b"".join
+    # One pack_into per header per segment (measured: the per-call overhead dominates these small writes).
+    if version == 4:
+        frag, ttl, proto = _U16.unpack_from(hdr, 6)[0], hdr[8], hdr[9]
+        pack_ip4 = _IP4_VARYING.pack_into
+    else:
+        pack_u16 = _U16.pack_into
+    v4 = version == 4
+    ip_extra = l4 - 40  # IPv6 extension headers before L4, counted in the payload length
 
     if is_tcp:
-        seq0 = _U32.unpack_from(hdr, l4 + 4)[0]
+        seq0, ack = _TWO_U32.unpack_from(hdr, l4 + 4)
         doff = hdr[l4 + 12]
         tflags = hdr[l4 + 13]
+        window = _U16.unpack_from(hdr, l4 + 14)[0]
         hdr[l4 + 4 : l4 + 8] = b"\0\0\0\0"
         hdr[l4 + 12 : l4 + 14] = b"\0\0"
         hdr[l4 + 16 : l4 + 18] = b"\0\0"
@@ -166,43 +181,41 @@ def split_super_packet(vnet_hdr: Buffer, packet: Buffer) -> list[bytes]:
             first = tflags & ~(TCP_FIN | TCP_PSH)
             last = tflags & ~TCP_CWR
         middle = tflags & ~(TCP_FIN | TCP_PSH | TCP_CWR)
-        pack_u32 = _U32.pack_into
+        pack_tcp = _TCP_VARYING.pack_into
+        tcp_at = l4 + 4
+        doff_word = doff << 8
         for i, psum in enumerate(sums):
             start = i * gso_size
             seg = payload[start : start + gso_size]
             l4len = thl + len(seg)
             seq = (seq0 + start) & 0xFFFFFFFF
-            f = first if i == 0 else last if i == nseg - 1 else middle
-            w12 = (doff << 8) | f
-            if version == 4:
+            f = middle if 0 < i < nseg - 1 else first if i == 0 else last
+            if v4:
                 tot = l4 + l4len
                 ipid = (id0 + i) & 0xFFFF
-                pack_two(hdr, 2, tot, ipid)
-                pack_u16(hdr, 10, ~((ip_base + tot + ipid) % 0xFFFF) & 0xFFFF)
+                pack_ip4(hdr, 2, tot, ipid, frag, ttl, proto, ~((ip_base + tot + ipid) % 0xFFFF) & 0xFFFF)
             else:
-                pack_u16(hdr, 4, l4 - 40 + l4len)
-            pack_u32(hdr, l4 + 4, seq)
-            hdr[l4 + 12] = doff
-            hdr[l4 + 13] = f
-            total = base + (seq >> 16) + (seq & 0xFFFF) + w12 + l4len + psum
-            pack_u16(hdr, l4 + 16, ~(total % 0xFFFF) & 0xFFFF)
-            out.append(bytes(hdr) + seg)
+                pack_u16(hdr, 4, ip_extra + l4len)
+            total = base + (seq >> 16) + (seq & 0xFFFF) + (doff_word | f) + l4len + psum
+            pack_tcp(hdr, tcp_at, seq, ack, doff, f, window, ~(total % 0xFFFF) & 0xFFFF)
+            append(join((hdr, seg)))
     else:
         hdr[l4 + 4 : l4 + 8] = b"\0\0\0\0"
         base = ones_sum(hdr[l4 : l4 + 4]) + addr_sum + IPPROTO_UDP
+        pack_two = _TWO_U16.pack_into
+        udp_at = l4 + 4
         for i, psum in enumerate(sums):
             start = i * gso_size
             seg = payload[start : start + gso_size]
             ulen = 8 + len(seg)
-            if version == 4:
+            if v4:
                 tot = l4 + ulen
                 ipid = (id0 + i) & 0xFFFF
-                pack_two(hdr, 2, tot, ipid)
-                pack_u16(hdr, 10, ~((ip_base + tot + ipid) % 0xFFFF) & 0xFFFF)
+                pack_ip4(hdr, 2, tot, ipid, frag, ttl, proto, ~((ip_base + tot + ipid) % 0xFFFF) & 0xFFFF)
             else:
-                pack_u16(hdr, 4, l4 - 40 + ulen)
-            pack_two(hdr, l4 + 4, ulen, ~((base + 2 * ulen + psum) % 0xFFFF) & 0xFFFF)
-            out.append(bytes(hdr) + seg)
+                pack_u16(hdr, 4, ip_extra + ulen)
+            pack_two(hdr, udp_at, ulen, ~((base + 2 * ulen + psum) % 0xFFFF) & 0xFFFF)
+            append(join((hdr, seg)))
     return out
 
 
@@ -214,7 +227,7 @@ class _Group:
     ihl: int
     thl: int
     version: int
-    sig: bytes
+    sig: tuple[tuple[int, int, int], int, int, bytes]
     gso_size: int
     next_seq: int
     length: int
@@ -269,35 +282,38 @@ def coalesce(packets: Iterable[Buffer], data_valid: bool = False) -> list[tuple[
     single_hdr = VNET_HDR_DATA_VALID if data_valid else VNET_HDR_ZERO
     out: list[tuple[bytes, Buffer] | _Group] = []
     open_groups: dict[bytes, _Group] = {}
+    ip4_unpack = _IP4_FIXED.unpack_from
+    ip6_unpack = _IP6_FIXED.unpack_from
+    tcp_unpack = _TCP_FIXED.unpack_from
     for p in packets:
         n = len(p)
         if n < 40:
             out.append((single_hdr, p))
             continue
-        version = p[0] >> 4
-        if version == 4:
-            if p[0] != 0x45 or p[9] != IPPROTO_TCP or n < 40:
+        first_byte = p[0]
+        if first_byte == 0x45:  # IPv4 without options
+            _v, tos, tot, frag, ttl, proto = ip4_unpack(p)
+            if proto != IPPROTO_TCP or frag & 0x3FFF or tot != n:
                 out.append((single_hdr, p))
                 continue
             ihl = 20
-            frag = (p[6] << 8) | p[7]
-            if frag & 0x3FFF or ((p[2] << 8) | p[3]) != n:
-                out.append((single_hdr, p))
-                continue
-        elif version == 6:
-            if p[6] != IPPROTO_TCP or n < 60 or ((p[4] << 8) | p[5]) + 40 != n:
+            ipsig: tuple[int, int, int] = (tos, frag & 0x4000, ttl)
+        elif first_byte >> 4 == 6:
+            vtcfl, plen6, proto, hop = ip6_unpack(p)
+            if proto != IPPROTO_TCP or n < 60 or plen6 + 40 != n:
                 out.append((single_hdr, p))
                 continue
             ihl = 40
+            ipsig = (vtcfl, hop, 0)
         else:
             out.append((single_hdr, p))
             continue
         if type(p) is not bytes:
             p = bytes(p)
-        thl = (p[ihl + 12] >> 4) * 4
+        seq, ack, doff, tflags, window = tcp_unpack(p, ihl + 4)
+        thl = (doff >> 4) * 4
         hl = ihl + thl
-        key = p[12:24] if version == 4 else p[8:44]  # addresses and ports
-        tflags = p[ihl + 13]
+        key = p[12:24] if ihl == 20 else p[8:44]  # addresses and ports
         plen = n - hl
         if thl < 20 or plen <= 0 or tflags & ~TCP_PSH != TCP_ACK:
             # SYN/FIN/RST/URG/ECE/CWR, pure ACKs, bad header lengths: written alone, and they end the
@@ -307,32 +323,30 @@ def coalesce(packets: Iterable[Buffer], data_valid: bool = False) -> list[tuple[
                 g.closed = True
             out.append((single_hdr, p))
             continue
-        ipsig = bytes((p[1], p[6] & 0x40, p[8])) if version == 4 else p[0:4] + p[7:8]  # TOS DF TTL / TC FL HL
-        sig = ipsig + p[ihl + 8 : ihl + 12] + p[ihl + 14 : ihl + 16] + p[ihl + 20 : hl]
-        seq = _U32.unpack_from(p, ihl + 4)[0]
-        psh = bool(tflags & TCP_PSH)
+        sig = (ipsig, ack, window, p[ihl + 20 : hl] if thl > 20 else b"")
+        psh = tflags & TCP_PSH
         g = open_groups.get(key)
-        if (
-            g is not None
-            and not g.closed
-            and g.sig == sig
-            and g.thl == thl
-            and g.next_seq == seq
-            and plen <= g.gso_size
-            and g.length + plen <= MAX_SUPER_PACKET
-        ):
-            g.payloads.append(memoryview(p)[hl:])
-            g.length += plen
-            g.next_seq = (seq + plen) & 0xFFFFFFFF
-            if psh or plen < g.gso_size:
-                g.psh = psh
-                g.closed = True
-            continue
         if g is not None:
+            if (
+                not g.closed
+                and g.next_seq == seq
+                and g.sig == sig
+                and g.thl == thl
+                and plen <= g.gso_size
+                and g.length + plen <= MAX_SUPER_PACKET
+            ):
+                g.payloads.append(memoryview(p)[hl:])
+                g.length += plen
+                g.next_seq = (seq + plen) & 0xFFFFFFFF
+                if psh or plen < g.gso_size:
+                    g.psh = bool(psh)
+                    g.closed = True
+                continue
             g.closed = True
         g = _Group(
-            first=p, ihl=ihl, thl=thl, version=version, sig=sig, gso_size=plen,
-            next_seq=(seq + plen) & 0xFFFFFFFF, length=n, payloads=[memoryview(p)[hl:]], psh=psh, closed=psh,
+            first=p, ihl=ihl, thl=thl, version=4 if ihl == 20 else 6, sig=sig, gso_size=plen,
+            next_seq=(seq + plen) & 0xFFFFFFFF, length=n, payloads=[memoryview(p)[hl:]], psh=bool(psh),
+            closed=bool(psh),
         )
         open_groups[key] = g
         out.append(g)
