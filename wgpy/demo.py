@@ -76,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
             _say(f"starting {daemons[i]} for {ifaces[i]} in {ns[i]}")
             _run(["ip", "netns", "exec", ns[i], *_daemon_command(daemons[i]), ifaces[i]])
             pids += [int(p) for p in _run(["ip", "netns", "pids", ns[i]]).stdout.split()]
-        for i in range(2):
+        # The second side first: wgpyd starts its handshake the moment it is given an endpoint, so its peer should
+        # already be listening with its key by then.
+        for i in (1, 0):
             j = 1 - i
             key_file = Path(f"/run/wgpy-demo-{tag}-{i}.key")
             old_umask = os.umask(0o077)
