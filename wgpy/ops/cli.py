@@ -35,7 +35,6 @@ from wgpy.ops.provision import (
     remove_peer,
     resolve_target,
     sync_live,
-    write_private_file,
 )
 from wgpy.uapi import client as uapi
 
@@ -127,11 +126,11 @@ def _peer_add(argv: Sequence[str]) -> int:
             keepalive=args.keepalive or None,
             addresses=[ipaddress.ip_interface(a.strip()) for item in args.address for a in item.split(",")]
             if args.address else None,
+            output=Path(args.output) if args.output else None,
         )
         audit = _audit(args)
         result = add_peer(target, request)
-        out = Path(args.output) if args.output else target.client_path(args.name)
-        write_private_file(out, result.client_text)
+        out = result.client_path
         applied = None if args.no_apply else sync_live(target.interface, _load(target))
         pub = keys.to_base64(result.peer.public_key)
         if audit is not None:
@@ -402,6 +401,151 @@ def audit_main(argv: list[str]) -> int:
     return _run(go)
 
 
+# --------------------------------------------------------------------------------------------------------
+# wgpy rotate
+
+
+def _every(interval: str | None, once: Callable[[], int]) -> int:
+    """Run `once` now and, with --every, again after each interval (a failed round is reported, not fatal)."""
+    from wgpy.ops.rotate import parse_duration
+
+    if interval is None:
+        return _run(once)
+    seconds = parse_duration(interval)
+    while True:
+        status = _run(once)
+        if status == 130:
+            return status
+        try:
+            time.sleep(seconds)
+        except KeyboardInterrupt:
+            return 0
+
+
+def _rotate_psk(argv: Sequence[str]) -> int:
+    from wgpy.ops.rotate import parse_client_interfaces, read_psk, rotate_psk
+
+    p = _parser("wgpy rotate psk", "New preshared keys on both ends this host manages, applied live.")
+    _add_target_args(p)
+    p.add_argument("--peer", action="append", help="name or public key (repeatable; default: every peer)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--from-file", help="an externally negotiated PSK (base64), e.g. from Rosenpass")
+    source.add_argument("--stdin", action="store_true", help="read the PSK (base64) from standard input")
+    p.add_argument("--apply-client", action="append", default=[], metavar="NAME=IFACE",
+                   help="also update this client interface running on this host")
+    p.add_argument("--every", help="keep running: rotate again every interval (30m, 12h, 1d, ...)")
+    p.add_argument("--audit-log")
+    args = p.parse_args(argv)
+
+    def once() -> int:
+        psk = None
+        if args.from_file:
+            psk = read_psk(Path(args.from_file).read_text())
+        elif args.stdin:
+            psk = read_psk(sys.stdin.read())
+        done = rotate_psk(_target(args), args.peer, psk=psk,
+                          client_interfaces=parse_client_interfaces(args.apply_client), audit=_audit(args))
+        for r in done:
+            extra = f", client config {r.client_path}" if r.client_path else ", no issued client config"
+            print(f"new PSK for {peer_label(r.peer)!r}{extra}", file=sys.stderr)
+        return 0
+
+    if args.every and (args.from_file or args.stdin):
+        print("wgpy rotate psk: --every generates keys; it does not combine with --from-file/--stdin",
+              file=sys.stderr)
+        return 1
+    return _every(args.every, once)
+
+
+def _rotate_client_key(argv: Sequence[str]) -> int:
+    import datetime as dt
+
+    from wgpy.ops.rotate import DEFAULT_GRACE, parse_duration, rotate_client_key
+
+    p = _parser("wgpy rotate client-key", "New static key for an issued client, old key kept for a grace period.")
+    _add_target_args(p)
+    p.add_argument("name")
+    p.add_argument("--grace", help="how long the old key keeps working (default 7d)")
+    p.add_argument("--apply-client", metavar="IFACE", help="the client's interface, if it runs on this host")
+    p.add_argument("--no-qr", action="store_true")
+    p.add_argument("--qr-png")
+    p.add_argument("--qr-svg")
+    p.add_argument("--audit-log")
+    args = p.parse_args(argv)
+
+    def go() -> int:
+        grace = dt.timedelta(seconds=parse_duration(args.grace)) if args.grace else DEFAULT_GRACE
+        r = rotate_client_key(_target(args), args.name, grace=grace, client_interface=args.apply_client,
+                              audit=_audit(args))
+        print(f"{r.name!r}: new key {keys.to_base64(r.new_public_key)}; client config re-issued at "
+              f"{r.client_path}; the old key works until {r.grace_until.isoformat()} or until the new one "
+              "handshakes and `wgpy rotate finish` runs", file=sys.stderr)
+        _print_qr(r.client_text, args.qr_png, args.qr_svg, not args.no_qr)
+        return 0
+
+    return _run(go)
+
+
+def _rotate_finish(argv: Sequence[str]) -> int:
+    from wgpy.ops.rotate import finish_rotations
+
+    p = _parser("wgpy rotate finish", "Complete client-key rotations whose new key handshook or whose grace ended.")
+    _add_target_args(p)
+    p.add_argument("--force", action="store_true", help="complete every pending rotation now")
+    p.add_argument("--watch", metavar="INTERVAL", help="keep checking every interval (e.g. 30s)")
+    p.add_argument("--audit-log")
+    args = p.parse_args(argv)
+
+    def once() -> int:
+        for d in finish_rotations(_target(args), audit=_audit(args), force=args.force):
+            print(f"{d.name!r}: now {keys.to_base64(d.new_public_key)} only ({d.reason})", file=sys.stderr)
+        return 0
+
+    return _every(args.watch, once)
+
+
+def _rotate_server_key(argv: Sequence[str]) -> int:
+    from wgpy.ops.rotate import parse_client_interfaces, rotate_server_key
+
+    p = _parser("wgpy rotate server-key", "New server static key; re-issues the client configs (sessions end).")
+    _add_target_args(p)
+    p.add_argument("--apply-client", action="append", default=[], metavar="NAME=IFACE")
+    p.add_argument("--yes", action="store_true", help="confirm: every client must get its new configuration")
+    p.add_argument("--audit-log")
+    args = p.parse_args(argv)
+
+    def go() -> int:
+        if not args.yes:
+            raise UsageError("rotating the server key ends every session until each client has its new "
+                             "configuration; run again with --yes (see `wgpy rotate --help`)")
+        r = rotate_server_key(_target(args), client_interfaces=parse_client_interfaces(args.apply_client),
+                              audit=_audit(args))
+        print(f"server key now {keys.to_base64(r.new_public_key)}", file=sys.stderr)
+        for path in r.reissued:
+            print(f"re-issued {path}: give it to the client (wgpy peer show ... --qr)", file=sys.stderr)
+        for name in r.not_reissued:
+            print(f"{name!r}: configured elsewhere: tell it the new server public key", file=sys.stderr)
+        return 0
+
+    return _run(go)
+
+
+ROTATE_COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "psk": _rotate_psk, "client-key": _rotate_client_key, "finish": _rotate_finish,
+    "server-key": _rotate_server_key,
+}
+
+
+def rotate_main(argv: list[str]) -> int:
+    if argv and argv[0] in ("-h", "--help"):
+        from wgpy.ops import rotate
+
+        print("usage: wgpy rotate {psk,client-key,finish,server-key} ...\n")
+        print(rotate.__doc__)
+        return 0
+    return _dispatch("rotate", ROTATE_COMMANDS, argv)
+
+
 def exporter_main(argv: list[str]) -> int:
     from wgpy.ops.exporter import main
 
@@ -410,6 +554,7 @@ def exporter_main(argv: list[str]) -> int:
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "peer": peer_main,
+    "rotate": rotate_main,
     "exporter": exporter_main,
     "audit": audit_main,
 }

@@ -317,11 +317,13 @@ class AddRequest:
     expires: dt.date | None = None
     keepalive: int | None = DEFAULT_KEEPALIVE
     addresses: list[IPInterface] | None = None  # explicit; default: next free in every server subnet
+    output: Path | None = None  # the client configuration; default Target.client_path(name)
 
 
 @dataclass
 class AddResult:
     peer: PeerConfig
+    client_path: Path
     client_text: str
     client_private_key: bytes | None = field(repr=False)
     server_text: str
@@ -395,7 +397,7 @@ def ensure_forwarding(text: ConfigText, cfg: Config) -> bool:
 
 
 def add_peer(target: Target, request: AddRequest) -> AddResult:
-    """Append a peer to the server configuration and write it; returns the client's configuration text.
+    """Append a peer to the server configuration and write it and the client's configuration (0600).
 
     Does not touch the running interface: :func:`sync_live` does that."""
     if not _NAME_RE.match(request.name):
@@ -462,9 +464,12 @@ def add_peer(target: Target, request: AddRequest) -> AddResult:
         server_key=server_key, psk=psk, allowed_ips=client_allowed_ips(cfg, request.layout, server_routes),
         endpoint=endpoint, keepalive=request.keepalive,
     )
+    client_path = request.output or target.client_path(request.name)
     text.save(target.path)
+    write_private_file(client_path, client_text)
     return AddResult(
-        peer=peer, client_text=client_text, client_private_key=client_private, server_text=text.text
+        peer=peer, client_path=client_path, client_text=client_text, client_private_key=client_private,
+        server_text=text.text,
     )
 
 
