@@ -183,17 +183,18 @@ def test_split_coalesce_split_round_trip(
             assert bool(f & (TCP_FIN | TCP_PSH)) == bool(flags & (TCP_FIN | TCP_PSH) and i == nseg - 1)
             assert s[ihl + 20 : hl] == (options if proto == 6 else b"")
     assert joined == payload
-    if proto == 6:
-        with numpy_mode(use_np):
-            again = [x for h, p in coalesce(segs) for x in split_super_packet(h, p)]
-        assert again == segs
+    with numpy_mode(use_np):
+        again = [x for h, p in coalesce(segs, udp=True) for x in split_super_packet(h, p)]
+    assert again == segs
+    if proto == 17:
+        assert coalesce(segs) == [(VNET_HDR_ZERO, s) for s in segs]  # UDP merges only when asked (USO on)
 
 
 def flow_of(pkt: bytes) -> bytes:
     h = parse(pkt)
     ihl = h["ihl"]
     assert isinstance(ihl, int) and isinstance(h["src"], bytes)
-    return h["src"] + pkt[ihl : ihl + 4]
+    return h["src"] + bytes([pkt[9] if pkt[0] >> 4 == 4 else pkt[6]]) + pkt[ihl : ihl + 4]
 
 
 @st.composite
@@ -202,21 +203,24 @@ def mutated_streams(draw: st.DrawFn) -> list[bytes]:
     streams = []
     for k in range(draw(st.integers(1, 3))):
         v = draw(st.sampled_from([4, 6]))
+        proto = draw(st.sampled_from([6, 6, 17]))
         plen = draw(st.integers(1, 6000))
         g = draw(st.integers(1, 1400))
         src = bytes([10, 0, 0, 10 + k]) if v == 4 else bytes(15) + bytes([10 + k])
-        vnet, sup = build_super(v, 6, bytes((i * 13 + k) & 0xFF for i in range(plen)), g, src=src,
-                                seq=draw(st.integers(0, 2**32 - 1)), options=draw(options_st),
-                                flags=draw(flags_st))
+        vnet, sup = build_super(v, proto, bytes((i * 13 + k) & 0xFF for i in range(plen)), g, src=src,
+                                seq=draw(st.integers(0, 2**32 - 1)),
+                                options=draw(options_st) if proto == 6 else b"", flags=draw(flags_st))
         segs = [bytearray(s) for s in split_super_packet(vnet, sup)]
         ihl = 20 if v == 4 else 40
         for s in segs:
             mutation = draw(st.sampled_from(["none"] * 6 + ["syn", "fin", "rst", "urg", "psh", "ts", "ttl",
                                                             "window", "ack", "drop"]))
+            if proto == 17 and mutation not in ("ttl", "drop"):
+                mutation = "none"
             if mutation in ("syn", "fin", "rst", "urg", "psh"):
                 s[ihl + 13] |= {"syn": TCP_SYN, "fin": TCP_FIN, "rst": TCP_RST, "urg": TCP_URG,
                                 "psh": TCP_PSH}[mutation]
-            elif mutation == "ts" and s[ihl + 12] >> 4 > 5:
+            elif mutation == "ts" and proto == 6 and s[ihl + 12] >> 4 > 5:
                 s[-(len(s) - ihl - (s[ihl + 12] >> 4) * 4) - 1] ^= 0x5A  # last byte of the options
             elif mutation == "ttl":
                 if v == 4:
@@ -250,7 +254,7 @@ def test_coalesce_never_merges_across_flows_gaps_flags_or_options(
 ) -> None:
     for s in stream:
         assert_valid(s)
-    merged = coalesce(stream, data_valid=data_valid)
+    merged = coalesce(stream, data_valid=data_valid, udp=True)
     per_flow_in: dict[bytes, list[bytes]] = {}
     for s in stream:
         per_flow_in.setdefault(flow_of(s), []).append(s)
@@ -358,3 +362,25 @@ def test_everything_works_without_numpy() -> None:
     root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+def _with_ip_id(pkt: bytes, ip_id: int, df: bool = True) -> bytes:
+    b = bytearray(pkt)
+    b[4:6] = struct.pack(">H", ip_id)
+    b[6] = 0x40 if df else 0
+    b[10:12] = b"\0\0"
+    b[10:12] = struct.pack(">H", slow_csum(bytes(b[:20])))
+    return bytes(b)
+
+
+@pytest.mark.parametrize("proto", [6, 17])
+def test_ipv4_ids_must_run_on_or_stay_fixed_under_df(proto: int) -> None:
+    vnet, sup = build_super(4, proto, bytes(4000), 1000, flags=TCP_ACK)
+    segs = split_super_packet(vnet, sup)
+    assert len(coalesce(segs, udp=True)) == 1  # IDs 7, 8, 9, 10
+    fixed = [_with_ip_id(s, 0) for s in segs]
+    (merged,) = coalesce(fixed, udp=True)  # DF with a fixed ID (unconnected UDP sockets send these): merged
+    assert [x[20:] for x in split_super_packet(*merged)] == [x[20:] for x in fixed]
+    assert len(coalesce([_with_ip_id(s, 0, df=False) for s in segs], udp=True)) == 4  # no DF: must run on
+    gap = [_with_ip_id(s, i * 2) for i, s in enumerate(segs)]
+    assert len(coalesce(gap, udp=True)) == 4

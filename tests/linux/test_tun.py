@@ -269,3 +269,37 @@ def test_tcp_transfer_through_two_tuns_and_a_python_relay(
     finally:
         ta.close()
         tb.close()
+
+
+@pytest.mark.parametrize("gro", [True, False])
+def test_udp_runs_are_written_as_one_uso_super_packet(netlab: Lab, gro: bool) -> None:
+    """Coalesced UDP datagrams reach a socket whole, whether it takes GRO batches or needs them split."""
+    ns = netlab.namespace()
+    name = netlab.interface()
+    with make_tun(ns, name, offload=True) as tun:
+        assert tun.uso  # Linux >= 6.2 takes USO4|USO6
+        up(ns, name, "10.8.0.1/24")
+        with in_netns(ns.name):
+            rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with rx:
+            if gro:
+                rx.setsockopt(17, 104, 1)
+            rx.bind(("10.8.0.1", 7778))
+            rx.settimeout(2)
+            datagrams = [bytes([i]) * 1000 for i in range(20)] + [b"tail"]
+            packets = []
+            for i, d in enumerate(datagrams):
+                p = bytearray(ipv4_udp("10.8.0.2", "10.8.0.1", 7778, d))
+                p[4:6] = struct.pack(">H", 100 + i)  # IDs that run on, as a connected sender's do
+                p[10:12] = b"\0\0"
+                p[10:12] = struct.pack(">H", slow_csum(bytes(p[:20])))
+                packets.append(bytes(p))
+            assert tun.write_packets(packets) == 21
+            assert tun.stats.writes == 1 and tun.stats.super_packets_written == 1
+            if gro:
+                got = b""
+                while len(got) < sum(map(len, datagrams)):
+                    got += rx.recv(65536)
+                assert got == b"".join(datagrams)
+            else:
+                assert [rx.recv(65536) for _ in datagrams] == datagrams

@@ -60,7 +60,7 @@ _TWO_U16 = struct.Struct(">HH")
 _TWO_U32 = struct.Struct(">II")
 _IP4_VARYING = struct.Struct(">HHHBBH")  # at offset 2: total length, ID, flags/fragment, TTL, protocol, checksum
 _TCP_VARYING = struct.Struct(">IIBBHH")  # at offset 4: seq, ack, data offset, flags, window, checksum
-_IP4_FIXED = struct.Struct(">BBH2xHBB")  # version/IHL, TOS, total length, (ID), flags/fragment, TTL, protocol
+_IP4_FIXED = struct.Struct(">BBHHHBB")  # version/IHL, TOS, total length, ID, flags/fragment, TTL, protocol
 _IP6_FIXED = struct.Struct(">IHBB")  # version/class/flow label, payload length, next header, hop limit
 _TCP_FIXED = struct.Struct(">IIBBH")  # at offset 4: seq, ack, data offset, flags, window
 
@@ -221,12 +221,13 @@ def split_super_packet(vnet_hdr: Buffer, packet: Buffer) -> list[bytes]:
 
 @dataclass(slots=True)
 class _Group:
-    """An open run of TCP segments of one flow that can become one super-packet."""
+    """An open run of TCP segments (or UDP datagrams) of one flow that can become one super-packet."""
 
     first: bytes
     ihl: int
-    thl: int
+    thl: int  # L4 header length: the TCP header with options, or 8 for UDP
     version: int
+    udp: bool
     sig: tuple[tuple[int, int, int], int, int, bytes]
     gso_size: int
     next_seq: int
@@ -234,6 +235,21 @@ class _Group:
     payloads: list[memoryview] = field(default_factory=list)
     psh: bool = False
     closed: bool = False
+    ip_id: int = 0  # IPv4 ID of the first packet
+    id_step: int = -1  # 1: IDs increment per packet; 0: one fixed ID (DF only); -1: not known yet
+
+
+def _id_fits(g: _Group, ip_id: int, df: int) -> bool:
+    """IPv4 IDs must run on by one per packet, or stay fixed when DF is set, as GRO (inet_gro_receive)
+    demands: then the kernel's resegmentation restores them."""
+    count = len(g.payloads)
+    if g.id_step != 0 and ip_id == (g.ip_id + count) & 0xFFFF:
+        g.id_step = 1
+        return True
+    if g.id_step != 1 and df and ip_id == g.ip_id:
+        g.id_step = 0
+        return True
+    return False
 
 
 def _build(group: _Group) -> tuple[bytes, bytes]:
@@ -248,33 +264,43 @@ def _build(group: _Group) -> tuple[bytes, bytes]:
         hdr[10:12] = b"\0\0"
         _U16.pack_into(hdr, 10, ~ones_sum(hdr[:ihl]) & 0xFFFF)
         addr_sum = int.from_bytes(hdr[12:20], "big")
-        gso_type = VIRTIO_NET_HDR_GSO_TCPV4
     else:
         _U16.pack_into(hdr, 4, total - 40)
         addr_sum = int.from_bytes(hdr[8:40], "big")
-        gso_type = VIRTIO_NET_HDR_GSO_TCPV6
-    if group.psh:
-        hdr[ihl + 13] |= TCP_PSH
     # CHECKSUM_PARTIAL: the pseudo-header sum, not inverted; the kernel finishes it (or trusts it, as here).
-    pseudo = (addr_sum + IPPROTO_TCP + l4len) % 0xFFFF
-    _U16.pack_into(hdr, ihl + 16, pseudo)
-    vnet = VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, gso_type, hl, group.gso_size, ihl, 16)
+    if group.udp:
+        _U16.pack_into(hdr, ihl + 4, l4len)  # the kernel rewrites the length of each segment from this one
+        _U16.pack_into(hdr, ihl + 6, (addr_sum + IPPROTO_UDP + l4len) % 0xFFFF)
+        vnet = VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_UDP_L4, hl, group.gso_size, ihl, 6)
+    else:
+        if group.psh:
+            hdr[ihl + 13] |= TCP_PSH
+        _U16.pack_into(hdr, ihl + 16, (addr_sum + IPPROTO_TCP + l4len) % 0xFFFF)
+        gso_type = VIRTIO_NET_HDR_GSO_TCPV4 if group.version == 4 else VIRTIO_NET_HDR_GSO_TCPV6
+        vnet = VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, gso_type, hl, group.gso_size, ihl, 16)
     return vnet, b"".join((hdr, *group.payloads))
 
 
-def coalesce(packets: Iterable[Buffer], data_valid: bool = False) -> list[tuple[bytes, Buffer]]:
+# Datagrams per UDP super-packet: the kernel's UDP_MAX_SEGMENTS for GSO.
+MAX_UDP_SEGMENTS = 128
+
+
+def coalesce(
+    packets: Iterable[Buffer], data_valid: bool = False, udp: bool = False
+) -> list[tuple[bytes, Buffer]]:
     """Merge consecutive TCP segments of one flow into super-packets for one TUN write each (GRO in Python).
 
-    Segments merge when they share the flow (addresses, ports), the IP fields GRO compares (IPv4 TOS, TTL, DF;
-    IPv6 traffic class/flow label and hop limit), acknowledgement number, window and TCP options byte for
-    byte,
-    carry only ACK (PSH allowed on the last), have contiguous sequence numbers and payloads of the first
-    segment's
-    size (the last may be shorter), and the result stays within 64 KB. IPv4 with options or fragments and IPv6
-    with extension headers are never merged. A segment that cannot join closes its flow's open run, so the
-    order
-    of packets within a flow is kept; different flows may be reordered relative to each other, as GRO does.
-    The inner checksums are trusted (the packets were authenticated), as kernel WireGuard does.
+    TCP segments merge when they share the flow (addresses, ports), the IP fields GRO compares (IPv4 TOS, TTL,
+    DF; IPv6 traffic class/flow label and hop limit), acknowledgement number, window and TCP options byte for
+    byte, carry only ACK (PSH allowed on the last), have contiguous sequence numbers and payloads of the first
+    segment's size (the last may be shorter), IPv4 IDs that run on by one (or stay fixed under DF), and the
+    result stays within 64 KB. IPv4 with options or fragments
+    and IPv6 with extension headers are never merged. A packet that cannot join closes its flow's open run, so
+    the order of packets within a flow is kept; different flows may be reordered relative to each other, as GRO
+    does. The inner checksums are trusted (the packets were authenticated), as kernel WireGuard does.
+
+    With ``udp`` (the TUN accepted USO4|USO6), UDP datagrams of one flow with equal payload sizes (the last may be
+    shorter) and a non-zero checksum merge the same way into UDP_L4 super-packets of at most 128 datagrams.
 
     Returns (virtio_net_hdr, packet) pairs: GSO super-packets, and single packets with a zero header (or
     DATA_VALID when ``data_valid``: the kernel then skips verifying their checksums).
@@ -285,35 +311,73 @@ def coalesce(packets: Iterable[Buffer], data_valid: bool = False) -> list[tuple[
     ip4_unpack = _IP4_FIXED.unpack_from
     ip6_unpack = _IP6_FIXED.unpack_from
     tcp_unpack = _TCP_FIXED.unpack_from
+    udp_unpack = _TWO_U16.unpack_from
     for p in packets:
         n = len(p)
-        if n < 40:
+        if n < 28:
             out.append((single_hdr, p))
             continue
         first_byte = p[0]
         if first_byte == 0x45:  # IPv4 without options
-            _v, tos, tot, frag, ttl, proto = ip4_unpack(p)
-            if proto != IPPROTO_TCP or frag & 0x3FFF or tot != n:
+            _v, tos, tot, ip_id, frag, ttl, proto = ip4_unpack(p)
+            if frag & 0x3FFF or tot != n or not (proto == IPPROTO_TCP or (udp and proto == IPPROTO_UDP)):
                 out.append((single_hdr, p))
                 continue
             ihl = 20
             ipsig: tuple[int, int, int] = (tos, frag & 0x4000, ttl)
-        elif first_byte >> 4 == 6:
+        elif first_byte >> 4 == 6 and n >= 48:
             vtcfl, plen6, proto, hop = ip6_unpack(p)
-            if proto != IPPROTO_TCP or n < 60 or plen6 + 40 != n:
+            if plen6 + 40 != n or not (proto == IPPROTO_TCP or (udp and proto == IPPROTO_UDP)):
                 out.append((single_hdr, p))
                 continue
             ihl = 40
             ipsig = (vtcfl, hop, 0)
+            ip_id = 0
         else:
             out.append((single_hdr, p))
             continue
         if type(p) is not bytes:
             p = bytes(p)
+        key = p[12:24] if ihl == 20 else p[8:44]  # addresses and ports
+        if proto == IPPROTO_UDP:
+            key += b"u"  # never the same run as a TCP flow on the same ports
+            ulen, ucsum = udp_unpack(p, ihl + 4)
+            plen = n - ihl - 8
+            g = open_groups.get(key)
+            if ulen != n - ihl or ucsum == 0 or plen <= 0:
+                if g is not None:
+                    g.closed = True
+                out.append((single_hdr, p))
+                continue
+            if g is not None:
+                if (
+                    not g.closed
+                    and g.udp
+                    and g.sig[0] == ipsig
+                    and plen <= g.gso_size
+                    and g.length + plen <= MAX_SUPER_PACKET
+                    and len(g.payloads) < MAX_UDP_SEGMENTS
+                    and (ihl == 40 or _id_fits(g, ip_id, ipsig[1]))
+                ):
+                    g.payloads.append(memoryview(p)[ihl + 8 :])
+                    g.length += plen
+                    if plen < g.gso_size:
+                        g.closed = True
+                    continue
+                g.closed = True
+            g = _Group(
+                first=p, ihl=ihl, thl=8, version=4 if ihl == 20 else 6, udp=True, sig=(ipsig, 0, 0, b""),
+                gso_size=plen, next_seq=0, length=n, payloads=[memoryview(p)[ihl + 8 :]], ip_id=ip_id,
+            )
+            open_groups[key] = g
+            out.append(g)
+            continue
+        if n < ihl + 20:
+            out.append((single_hdr, p))
+            continue
         seq, ack, doff, tflags, window = tcp_unpack(p, ihl + 4)
         thl = (doff >> 4) * 4
         hl = ihl + thl
-        key = p[12:24] if ihl == 20 else p[8:44]  # addresses and ports
         plen = n - hl
         if thl < 20 or plen <= 0 or tflags & ~TCP_PSH != TCP_ACK:
             # SYN/FIN/RST/URG/ECE/CWR, pure ACKs, bad header lengths: written alone, and they end the
@@ -332,8 +396,10 @@ def coalesce(packets: Iterable[Buffer], data_valid: bool = False) -> list[tuple[
                 and g.next_seq == seq
                 and g.sig == sig
                 and g.thl == thl
+                and not g.udp
                 and plen <= g.gso_size
                 and g.length + plen <= MAX_SUPER_PACKET
+                and (ihl == 40 or _id_fits(g, ip_id, ipsig[1]))
             ):
                 g.payloads.append(memoryview(p)[hl:])
                 g.length += plen
@@ -344,9 +410,9 @@ def coalesce(packets: Iterable[Buffer], data_valid: bool = False) -> list[tuple[
                 continue
             g.closed = True
         g = _Group(
-            first=p, ihl=ihl, thl=thl, version=4 if ihl == 20 else 6, sig=sig, gso_size=plen,
+            first=p, ihl=ihl, thl=thl, version=4 if ihl == 20 else 6, udp=False, sig=sig, gso_size=plen,
             next_seq=(seq + plen) & 0xFFFFFFFF, length=n, payloads=[memoryview(p)[hl:]], psh=bool(psh),
-            closed=bool(psh),
+            closed=bool(psh), ip_id=ip_id,
         )
         open_groups[key] = g
         out.append(g)

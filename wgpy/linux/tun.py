@@ -288,8 +288,8 @@ class Tun:
     def write_packets(self, packets: Sequence[Buffer]) -> int:
         """Hand decrypted IP packets to the kernel; returns how many it accepted (counting segments).
 
-        With offload, TCP runs are coalesced into GSO super-packets (checksums trusted, as the packets were
-        authenticated); everything else goes one packet per write. A failed write (EINVAL, EIO, ...) is
+        With offload, TCP runs (and UDP runs when the kernel took USO) are coalesced into GSO super-packets
+        (checksums trusted, as the packets were authenticated); everything else goes one packet per write. A failed write (EINVAL, EIO, ...) is
         counted
         and the batch goes on; only a deleted device raises :class:`TunGoneError`.
         """
@@ -297,7 +297,7 @@ class Tun:
         stats = self.stats
         accepted = 0
         if self.offload:
-            for hdr, pkt in coalesce(packets, data_valid=self.data_valid):
+            for hdr, pkt in coalesce(packets, data_valid=self.data_valid, udp=self.uso):
                 count = 1
                 if hdr[1]:
                     _f, _g, hdr_len, gso_size, _cs, _co = VNET_HDR.unpack(hdr)
