@@ -289,9 +289,9 @@ class Tun:
         """Hand decrypted IP packets to the kernel; returns how many it accepted (counting segments).
 
         With offload, TCP runs (and UDP runs when the kernel took USO) are coalesced into GSO super-packets
-        (checksums trusted, as the packets were authenticated); everything else goes one packet per write. A failed write (EINVAL, EIO, ...) is
-        counted
-        and the batch goes on; only a deleted device raises :class:`TunGoneError`.
+        (checksums trusted, as the packets were authenticated); everything else goes one packet per write.
+        A failed write (EINVAL, EIO, ...) is counted and the batch goes on; only a deleted device raises
+        :class:`TunGoneError`.
         """
         fd = self.fd
         stats = self.stats
