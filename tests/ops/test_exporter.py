@@ -10,7 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.netns import Lab, lab
-from tests.ops.test_provision_netns import client_conf, peer, up, write_server
+from tests.ops.test_provision_netns import DAEMONS, client_conf, peer, up, write_server
 from wgpy.ops.exporter import WireGuardCollector, serve
 
 
@@ -35,7 +35,8 @@ def by_key(samples: list[tuple[dict[str, str], float]]) -> dict[str, tuple[dict[
 
 
 @pytest.mark.netns
-def test_exporter_matches_wg_dump(netlab: Lab, tmp_path: Path) -> None:
+@pytest.mark.parametrize("daemon", DAEMONS)
+def test_exporter_matches_wg_dump(netlab: Lab, tmp_path: Path, daemon: str) -> None:
     server, client = netlab.namespace(), netlab.namespace()
     netlab.veth(server, ["198.18.90.1/24"], client, ["198.18.90.2/24"])
     siface = netlab.interface()
@@ -44,8 +45,8 @@ def test_exporter_matches_wg_dump(netlab: Lab, tmp_path: Path) -> None:
     for name in ("laptop \"work\"", "idle"):
         peer("add", siface, name, "--config", str(conf), "--endpoint", "198.18.90.1:51890", "--no-dns",
              "--no-qr", "--keepalive", "0")
-    up(server, conf)
-    up(client, client_conf(tmp_path, siface, 'laptop "work"', netlab.interface()))
+    up(server, conf, daemon)
+    up(client, client_conf(tmp_path, siface, 'laptop "work"', netlab.interface()), daemon)
     client.wait_ping("10.90.0.1")
     assert client.ping("10.90.0.1", count=3).returncode == 0
 
@@ -78,8 +79,15 @@ def test_exporter_matches_wg_dump(netlab: Lab, tmp_path: Path) -> None:
             assert labels == expected | {"friendly_name": name}
             assert (pub in delay) == (latest != "0")
         assert any(v for _l, v in metrics["wireguard_received_bytes_total"])
-        # wireguard-go does not speak wgpy's stats extension: those metrics are simply absent.
-        assert not any(name.startswith("wgpy_") for name in metrics)
+        if daemon == "wireguard-go":
+            # wireguard-go does not speak wgpy's stats extension: those metrics are simply absent.
+            assert not any(name.startswith("wgpy_") for name in metrics)
+        else:
+            # wgpyd's stats extension: every drop reason, and its event counters.
+            reasons = {labels["reason"] for labels, _v in metrics["wgpy_drops_total"]}
+            assert {"replay", "source_not_allowed", "bad_mac1"} <= reasons
+            ((labels, received_packets),) = metrics["wgpy_packets_received_total"]
+            assert labels == {"interface": siface} and received_packets > 0
 
 
 def test_exporter_reports_unreachable_interface(tmp_path: Path) -> None:

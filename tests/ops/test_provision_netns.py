@@ -22,7 +22,13 @@ from wgpy.uapi import client as uapi
 
 pytestmark = pytest.mark.netns
 
-USERSPACE = {"WG_QUICK_USERSPACE_IMPLEMENTATION": "wireguard-go"}
+DAEMONS = ("wireguard-go", "wgpyd")
+
+
+@pytest.fixture(params=DAEMONS)
+def daemon(request: pytest.FixtureRequest) -> str:
+    """The userspace implementation wg-quick starts for every interface of the test."""
+    return str(request.param)
 
 
 @pytest.fixture
@@ -41,8 +47,8 @@ def write_server(path: Path, address4: str, address6: str | None, port: int) -> 
     )
 
 
-def up(ns: Namespace, conf: Path) -> None:
-    ns.run(["wg-quick", "up", str(conf)], env=USERSPACE)
+def up(ns: Namespace, conf: Path, daemon: str = "wireguard-go") -> None:
+    ns.run(["wg-quick", "up", str(conf)], env={"WG_QUICK_USERSPACE_IMPLEMENTATION": daemon})
 
 
 def peer(*args: str) -> None:
@@ -59,7 +65,7 @@ def client_conf(tmp_path: Path, server_iface: str, name: str, client_iface: str)
     return dest
 
 
-def test_road_warrior_reaches_server_and_lan_behind_it(netlab: Lab, tmp_path: Path) -> None:
+def test_road_warrior_reaches_server_and_lan_behind_it(netlab: Lab, tmp_path: Path, daemon: str) -> None:
     server, client, lan, other = netlab.namespace(), netlab.namespace(), netlab.namespace(), netlab.namespace()
     netlab.veth(server, ["198.18.61.1/24"], client, ["198.18.61.2/24"])
     netlab.veth(server, ["198.18.62.1/24"], other, ["198.18.62.2/24"])
@@ -70,13 +76,13 @@ def test_road_warrior_reaches_server_and_lan_behind_it(netlab: Lab, tmp_path: Pa
     siface = netlab.interface()
     conf = tmp_path / f"{siface}.conf"
     write_server(conf, "10.61.0.1/24", "fd00:61::1/64", 51861)
-    up(server, conf)
+    up(server, conf, daemon)
 
     # A first peer, added while the interface runs, gets a session going.
     peer("add", siface, "first", "--config", str(conf), "--endpoint", "198.18.62.1:51861", "--no-dns",
          "--no-qr")
     c1 = netlab.interface()
-    up(other, client_conf(tmp_path, siface, "first", c1))
+    up(other, client_conf(tmp_path, siface, "first", c1), daemon)
     other.wait_ping("10.61.0.1")
     first_key = wgconfig.load(str(conf)).peers[0].public_key
     before = {p.public_key: p for p in uapi.get(siface).peers}[first_key]
@@ -95,7 +101,7 @@ def test_road_warrior_reaches_server_and_lan_behind_it(netlab: Lab, tmp_path: Pa
     assert [str(n) for n in after[phone.public_key].allowed_ips] == ["10.61.0.3/32", "fd00:61::3/128"]
 
     c2 = netlab.interface()
-    up(client, client_conf(tmp_path, siface, "phone", c2))
+    up(client, client_conf(tmp_path, siface, "phone", c2), daemon)
     client.wait_ping("10.61.0.1")
     assert client.ping("10.61.0.1").returncode == 0
     assert client.ping("fd00:61::1").returncode == 0
@@ -112,7 +118,7 @@ def test_road_warrior_reaches_server_and_lan_behind_it(netlab: Lab, tmp_path: Pa
     assert client.ping("10.61.0.1", count=2).returncode != 0
 
 
-def test_hub_and_spoke_spokes_reach_each_other(netlab: Lab, tmp_path: Path) -> None:
+def test_hub_and_spoke_spokes_reach_each_other(netlab: Lab, tmp_path: Path, daemon: str) -> None:
     hub = netlab.namespace()
     spokes = [netlab.namespace() for _ in range(2)]
     for n, spoke in enumerate(spokes):
@@ -124,17 +130,17 @@ def test_hub_and_spoke_spokes_reach_each_other(netlab: Lab, tmp_path: Path) -> N
         peer("add", hiface, f"spoke{n}", "--config", str(conf), "--layout", "hub-and-spoke",
              "--endpoint", f"198.18.{70 + n}.1:51870", "--no-qr")
     assert "ip_forward=1" in conf.read_text()
-    up(hub, conf)  # the PostUp hint turns forwarding on inside the hub's namespace
+    up(hub, conf, daemon)  # the PostUp hint turns forwarding on inside the hub's namespace
     assert hub.run(["sysctl", "-n", "net.ipv4.ip_forward"]).stdout.strip() == "1"
     for n, spoke in enumerate(spokes):
-        up(spoke, client_conf(tmp_path, hiface, f"spoke{n}", netlab.interface()))
+        up(spoke, client_conf(tmp_path, hiface, f"spoke{n}", netlab.interface()), daemon)
         spoke.wait_ping("10.70.0.1")
     spokes[0].wait_ping("10.70.0.3")
     assert spokes[0].ping("10.70.0.3").returncode == 0
     assert spokes[1].ping("10.70.0.2").returncode == 0
 
 
-def test_site_to_site_subnets_reach_each_other(netlab: Lab, tmp_path: Path) -> None:
+def test_site_to_site_subnets_reach_each_other(netlab: Lab, tmp_path: Path, daemon: str) -> None:
     gw_a, gw_b, lan_a, lan_b = (netlab.namespace() for _ in range(4))
     netlab.veth(gw_a, ["198.18.80.1/24"], gw_b, ["198.18.80.2/24"])
     netlab.veth(gw_a, ["10.10.0.1/24"], lan_a, ["10.10.0.2/24"])
@@ -150,8 +156,8 @@ def test_site_to_site_subnets_reach_each_other(netlab: Lab, tmp_path: Path) -> N
          "--server-routes", "10.10.0.0/24", "--endpoint", "198.18.80.1:51880", "--no-qr")
     cfg = wgconfig.load(str(conf))
     assert [str(n) for n in cfg.peers[0].allowed_ips] == ["10.80.0.2/32", "10.20.0.0/24"]
-    up(gw_a, conf)
-    up(gw_b, client_conf(tmp_path, aiface, "branch", netlab.interface()))
+    up(gw_a, conf, daemon)
+    up(gw_b, client_conf(tmp_path, aiface, "branch", netlab.interface()), daemon)
     lan_b.wait_ping("10.10.0.2")
     assert lan_b.ping("10.10.0.2").returncode == 0
     assert lan_a.ping("10.20.0.2").returncode == 0

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.netns import Lab, Namespace, lab
-from tests.ops.test_provision_netns import client_conf, peer, up, write_server
+from tests.ops.test_provision_netns import DAEMONS, client_conf, peer, up, write_server
 from wgpy import config as wgconfig
 from wgpy import keys
 from wgpy.ops.cli import COMMANDS
@@ -26,11 +26,16 @@ def netlab() -> Iterator[Lab]:
         yield the_lab
 
 
+@pytest.fixture(params=DAEMONS)
+def daemon(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 def rotate(*args: str) -> None:
     assert COMMANDS["rotate"](list(args)) == 0, args
 
 
-def setup_pair(netlab: Lab, tmp_path: Path, subnet: int) -> tuple[Namespace, Namespace, str, str, Path]:
+def setup_pair(netlab: Lab, tmp_path: Path, subnet: int, daemon: str) -> tuple[Namespace, Namespace, str, str, Path]:
     server, client = netlab.namespace(), netlab.namespace()
     netlab.veth(server, [f"198.18.{subnet}.1/24"], client, [f"198.18.{subnet}.2/24"])
     siface, ciface = netlab.interface(), netlab.interface()
@@ -40,8 +45,8 @@ def setup_pair(netlab: Lab, tmp_path: Path, subnet: int) -> tuple[Namespace, Nam
          "--no-dns", "--no-qr", "--layout", "hub-and-spoke")
     peer("add", siface, "other", "--config", str(conf), "--endpoint", f"198.18.{subnet}.1:{51800 + subnet}",
          "--no-dns", "--no-qr")
-    up(server, conf)
-    up(client, client_conf(tmp_path, siface, "phone", ciface))
+    up(server, conf, daemon)
+    up(client, client_conf(tmp_path, siface, "phone", ciface), daemon)
     client.wait_ping(f"10.{subnet}.0.1")
     return server, client, siface, ciface, conf
 
@@ -50,8 +55,8 @@ def live_psk(iface: str, public_key: bytes) -> bytes | None:
     return {p.public_key: p.preshared_key for p in uapi.get(iface).peers}[public_key]
 
 
-def test_psk_rotation_under_ping_loses_nothing(netlab: Lab, tmp_path: Path) -> None:
-    _server, client, siface, ciface, conf = setup_pair(netlab, tmp_path, 101)
+def test_psk_rotation_under_ping_loses_nothing(netlab: Lab, tmp_path: Path, daemon: str) -> None:
+    _server, client, siface, ciface, conf = setup_pair(netlab, tmp_path, 101, daemon)
     phone_key = wgconfig.load(str(conf)).peers[0].public_key
     server_key = uapi.get(siface).public_key
     assert server_key is not None
@@ -74,14 +79,14 @@ def test_psk_rotation_under_ping_loses_nothing(netlab: Lab, tmp_path: Path) -> N
     client_file.write_text((tmp_path / f"{siface}.clients" / "phone.conf").read_text())
     client.run(["wg-quick", "down", str(client_file)])
     before = {p.public_key: p for p in uapi.get(siface).peers}[phone_key].last_handshake
-    up(client, client_file)
+    up(client, client_file, daemon)
     client.wait_ping("10.101.0.1")
     after = {p.public_key: p for p in uapi.get(siface).peers}[phone_key].last_handshake
     assert after > before
 
 
-def test_client_key_then_server_key_rotation(netlab: Lab, tmp_path: Path) -> None:
-    _server, client, siface, ciface, conf = setup_pair(netlab, tmp_path, 102)
+def test_client_key_then_server_key_rotation(netlab: Lab, tmp_path: Path, daemon: str) -> None:
+    _server, client, siface, ciface, conf = setup_pair(netlab, tmp_path, 102, daemon)
     old_key = wgconfig.load(str(conf)).peers[0].public_key
     rotate("client-key", siface, "phone", "--config", str(conf), "--apply-client", ciface, "--no-qr")
     live = {p.public_key: p for p in uapi.get(siface).peers}
