@@ -500,3 +500,25 @@ def test_padding_to_16_but_not_beyond_mtu(size: int) -> None:
     assert net.sent("a")[0].size == 16 + expected_plain + 16
     net.run_until(2)
     assert b.delivered[-1] == packet
+
+
+def test_batch_routes_each_packet_and_filters_each_source() -> None:
+    """The per-call route caches must never carry one packet's answer over to a packet that differs."""
+    net = SimNetwork()
+    a = net.add_node("a", "198.18.0.1", 51820, "10.0.0.1", seed=1)
+    b = net.add_node("b", "198.18.0.2", 51820, "10.0.0.2", seed=2)
+    c = net.add_node("c", "198.18.0.3", 51820, "10.0.0.3", seed=3)
+    net.connect(a, b)
+    net.connect(a, c)
+    batch = [udp4("10.0.0.1", "10.0.0.2" if i % 3 else "10.0.0.3", b"%d" % i) for i in range(12)]
+    net.send_ip(a, batch)
+    net.run_until(1)
+    assert b.delivered == [p for i, p in enumerate(batch) if i % 3]
+    assert c.delivered == [p for i, p in enumerate(batch) if not i % 3]
+    # b sends a batch in which every other packet claims c's address as its source: those are dropped by a.
+    b.device.add_allowed_ip(peer_of(b, a), ipaddress.ip_network("10.0.0.0/24"))
+    mixed = [udp4("10.0.0.2" if i % 2 else "10.0.0.3", "10.0.0.1", b"%d" % i) for i in range(8)]
+    net.send_ip(b, mixed)
+    net.run_until(2)
+    assert a.delivered == mixed[1::2]
+    assert a.device.stats.drops[DropReason.SOURCE_NOT_ALLOWED] == 4
