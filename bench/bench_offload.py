@@ -1,7 +1,8 @@
 """µs per packet of the offload hot paths: checksums (pure variants vs numpy), TSO split, TCP coalescing.
 
-Run: python3 bench/bench_offload.py [--quick]. Prints the best of several timeit repeats; the figures behind the
-choices in wgpy/linux/checksum.py and offload.py come from here. No assertion: speed lives in bench/, not tests.
+Run: python3 bench/bench_offload.py [--quick]. Prints the best of several timeit repeats; the figures behind
+the choices in wgpy/linux/checksum.py and offload.py come from here. No assertion: speed lives in bench/, not
+tests.
 """
 
 from __future__ import annotations

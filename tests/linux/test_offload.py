@@ -1,5 +1,4 @@
-"""Property tests of the TSO split and TCP coalescing, checked against a slow checksum written plainly
-here."""
+"""Property tests of the TSO split and TCP coalescing, checked against a slow checksum written plainly here."""
 
 from __future__ import annotations
 
@@ -103,8 +102,7 @@ def build_super(
     flags: int = TCP_ACK | TCP_PSH, options: bytes = b"", ip_id: int = 7, ttl: int = 64, sport: int = 40000,
     dport: int = 5201, ack: int = 99, window: int = 512, checksum_field: int = 0xDEAD,
 ) -> tuple[bytes, bytes]:
-    """A super-packet as the kernel hands it over: NEEDS_CSUM, hdr with gso fields, a junk/partial
-    checksum."""
+    """A super-packet as the kernel hands it over: NEEDS_CSUM, hdr with gso fields, a junk/partial checksum."""
     if proto == 6:
         thl = 20 + len(options)
         l4h = struct.pack(">HHIIBBHHH", sport, dport, seq, ack, (thl // 4) << 4, flags, window,

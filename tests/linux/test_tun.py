@@ -1,5 +1,4 @@
-"""The TUN device against the real kernel, inside namespaces the tests create (never in the root
-namespace)."""
+"""The TUN device against the real kernel, inside namespaces the tests create (never in the root namespace)."""
 
 from __future__ import annotations
 
@@ -205,7 +204,8 @@ s.recv(1)
 def relay(a: Tun, b: Tun, until: subprocess.Popen[bytes], timeout: float, check: int = 300) -> int:
     """Copy packets both ways between two TUN devices (read_packets -> write_packets) until ``until`` exits.
 
-    The first ``check`` TCP packets read are verified with the slow reference checksum."""
+    The first ``check`` TCP packets read are verified with the slow reference checksum.
+    """
     ep = select.epoll()
     ep.register(a.fd, select.EPOLLIN)
     ep.register(b.fd, select.EPOLLIN)
@@ -259,8 +259,8 @@ def test_tcp_transfer_through_two_tuns_and_a_python_relay(
         assert ta.stats.read_errors == tb.stats.read_errors == 0
         assert ta.stats.write_errors == tb.stats.write_errors == 0
         if offload:
-            # The data went through as super-packets: TSO splits on the sender side, coalesced writes on
-            # the other.
+            # The data went through as super-packets: TSO splits on the sender side, coalesced writes on the
+            # other.
             assert ta.stats.super_packets_read > 0
             assert tb.stats.super_packets_written > 0
             assert tb.stats.packets_written > 5 * tb.stats.super_packets_written

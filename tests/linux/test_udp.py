@@ -219,8 +219,8 @@ def test_ipv6_endpoints_are_canonical_and_v4_mapped_sends_go_over_ipv4() -> None
 
 
 def test_gso_refused_by_the_path_falls_back_to_single_datagrams(netlab: Lab) -> None:
-    """A GSO segment larger than the path MTU gets EINVAL from the kernel: the run goes out one by one
-    (and IP fragments each datagram), nothing is lost, nothing raised."""
+    """A GSO segment larger than the path MTU gets EINVAL from the kernel: the run goes out one by one (and IP
+    fragments each datagram), nothing is lost, nothing raised."""
     a, b = netlab.namespace(), netlab.namespace()
     netlab.veth(a, ["198.18.8.1/24", "fd00:8::1/64"], b, ["198.18.8.2/24", "fd00:8::2/64"])
     with in_netns(a.name):

@@ -1,8 +1,6 @@
-"""Linux data plane: the TUN device (tun.py), the UDP sockets (udp.py), segmentation offload (offload.py)
-and the
-internet checksum (checksum.py). Nothing here knows WireGuard: it moves IP packets and UDP datagrams in
-batches.
-"""
+"""Linux data plane: the TUN device (tun.py), the UDP sockets (udp.py), segmentation offload (offload.py) and
+the internet checksum (checksum.py). Nothing here knows WireGuard: it moves IP packets and UDP datagrams in
+batches."""
 
 from __future__ import annotations
 
@@ -27,10 +25,8 @@ def in_netns(netns: str) -> Iterator[None]:
     path).
 
     Devices and sockets created inside stay in that namespace after the block; their file descriptors keep
-    working
-    from anywhere. That is how a daemon (or a test) opens a TUN device or binds a socket in a namespace it
-    does not
-    live in; Python 3.11 has no os.setns, hence ctypes. Only the calling thread moves.
+    working from anywhere. That is how a daemon (or a test) opens a TUN device or binds a socket in a
+    namespace it does not live in; Python 3.11 has no os.setns, hence ctypes. Only the calling thread moves.
     """
     path = netns if "/" in netns else f"/var/run/netns/{netns}"
     own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)

@@ -1,20 +1,15 @@
 """The internet checksum (RFC 1071) for the TSO split: pure Python, plus a numpy path for whole super-packets.
 
 Why by hand: no maintained library computes it from Python without per-word interpreter work, and the data
-plane
-needs it for every segment it splits. The pure path leans on one identity: 2**16 ≡ 1 (mod 0xffff), so a
-buffer read
-as one big-endian integer is congruent to the sum of its 16-bit words, and CPython's bignum code does the
-work in
-C. bench/bench_offload.py measured (1400-byte packet): this ≈ 2.3 µs, the numpy sum of one packet ≈ 2.5 µs
-(call
-overhead), but numpy summing all segments of a 64 KB super-packet in one call ≈ 0.3 µs per segment. So
-numpy is used
-only for :func:`segment_sums`, and only if it imports; everything else is pure Python.
+plane needs it for every segment it splits. The pure path leans on one identity: 2**16 ≡ 1 (mod 0xffff), so a
+buffer read as one big-endian integer is congruent to the sum of its 16-bit words, and CPython's bignum code
+does the work in C. bench/bench_offload.py measured (1400-byte packet): this ≈ 2.3 µs, the numpy sum of one
+packet ≈ 2.5 µs (call overhead), but numpy summing all segments of a 64 KB super-packet in one call ≈ 0.3 µs
+per segment. So numpy is used only for :func:`segment_sums`, and only if it imports; everything else is pure
+Python.
 
-Sums here are "mod 0xffff" values in [0, 0xfffe]: 0 stands for one's-complement -0 (0xffff). A checksum
-built as
-``~s & 0xffff`` from such a value is therefore never 0, which is what UDP needs, and verifies the same for
+Sums here are "mod 0xffff" values in [0, 0xfffe]: 0 stands for one's-complement -0 (0xffff). A checksum built
+as ``~s & 0xffff`` from such a value is therefore never 0, which is what UDP needs, and verifies the same for
 TCP/IP.
 """
 
@@ -41,8 +36,8 @@ use_numpy = HAVE_NUMPY
 
 
 def ones_sum(data: Buffer) -> int:
-    """One's-complement sum of ``data`` as 16-bit big-endian words (odd length padded with a zero byte),
-    mod 0xffff.
+    """One's-complement sum of ``data`` as 16-bit big-endian words (odd length padded with a zero byte), mod
+    0xffff.
 
     One halving fold before the ``%`` halves the size of the long division (measured ~15 % faster at 1400 B).
     """
@@ -72,9 +67,8 @@ def checksum(data: Buffer, initial: int = 0) -> int:
 def pseudo_header_sum(src: Buffer, dst: Buffer, proto: int, length: int) -> int:
     """Sum of the IPv4 or IPv6 pseudo-header (addresses, protocol, upper-layer length), not inverted.
 
-    The length is added as a plain integer: for IPv6 it is a 32-bit field, but it never exceeds 16 bits
-    here, and
-    for IPv4 it is the 16-bit field, so both are congruent to ``length`` mod 0xffff.
+    The length is added as a plain integer: for IPv6 it is a 32-bit field, but it never exceeds 16 bits here,
+    and for IPv4 it is the 16-bit field, so both are congruent to ``length`` mod 0xffff.
     """
     return (int.from_bytes(src, "big") + int.from_bytes(dst, "big") + proto + length) % 0xFFFF
 
@@ -104,8 +98,7 @@ def segment_sums(payload: Buffer, size: int) -> list[int]:
     :func:`ones_sum`.
 
     The numpy path needs an even ``size`` (each segment starts on a word boundary of the array); odd sizes,
-    tiny
-    payloads and numpy-less installs take the pure path.
+    tiny payloads and numpy-less installs take the pure path.
     """
     if use_numpy and not size & 1 and len(payload) >= 2 * size:
         return _segment_sums_numpy(payload, size)

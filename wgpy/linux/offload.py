@@ -2,14 +2,11 @@
 writing.
 
 With ``IFF_VNET_HDR`` and ``TUNSETOFFLOAD`` the kernel hands the TUN reader up to 64 KB TCP (or UDP)
-super-packets
-preceded by a ``struct virtio_net_hdr``, and accepts such super-packets on write. The WireGuard data plane
-must
-encrypt MTU-sized packets, so reads are split here (like the kernel's
-``tcp_gso_segment``/``__udp_gso_segment``),
-and decrypted TCP segments are merged back into one super-packet per write (like GRO):
-/work/shared/docs/dataplane.md
-measured both as the largest wins of the data plane. Why by hand: no maintained Python library does either.
+super-packets preceded by a ``struct virtio_net_hdr``, and accepts such super-packets on write. The WireGuard
+data plane must encrypt MTU-sized packets, so reads are split here (like the kernel's
+``tcp_gso_segment``/``__udp_gso_segment``), and decrypted TCP segments are merged back into one super-packet
+per write (like GRO): /work/shared/docs/dataplane.md measured both as the largest wins of the data plane. Why
+by hand: no maintained Python library does either.
 
 Everything here is a pure function of bytes so the tests can drive it without a kernel.
 """
@@ -85,14 +82,12 @@ def _complete_checksum(packet: Buffer, csum_start: int, csum_offset: int) -> byt
 def split_super_packet(vnet_hdr: Buffer, packet: Buffer) -> list[bytes]:
     """Turn one TUN read (virtio_net_hdr + packet) into plain IP packets with complete, correct checksums.
 
-    GSO_NONE packets come back whole (checksum finished when NEEDS_CSUM); TCPV4/TCPV6/UDP_L4 super-packets
-    are cut
-    at gso_size with per-segment IPv4 total length / ID / header checksum or IPv6 payload length, TCP sequence
-    numbers and flags (CWR on the first segment only, FIN and PSH on the last only, as tcp_gso_segment
-    does), UDP
-    lengths, and TCP/UDP checksums computed afresh. hdr_len from the kernel is not trusted (it can span the
-    whole
-    first packet on the forwarding path); the L4 header length is parsed instead, as wireguard-go does.
+    GSO_NONE packets come back whole (checksum finished when NEEDS_CSUM); TCPV4/TCPV6/UDP_L4 super-packets are
+    cut at gso_size with per-segment IPv4 total length / ID / header checksum or IPv6 payload length, TCP
+    sequence numbers and flags (CWR on the first segment only, FIN and PSH on the last only, as
+    tcp_gso_segment does), UDP lengths, and TCP/UDP checksums computed afresh. hdr_len from the kernel is not
+    trusted (it can span the whole first packet on the forwarding path); the L4 header length is parsed
+    instead, as wireguard-go does.
     """
     if len(vnet_hdr) < VNET_HDR_LEN:
         raise OffloadError("short virtio_net_hdr")
@@ -294,13 +289,14 @@ def coalesce(
     DF; IPv6 traffic class/flow label and hop limit), acknowledgement number, window and TCP options byte for
     byte, carry only ACK (PSH allowed on the last), have contiguous sequence numbers and payloads of the first
     segment's size (the last may be shorter), IPv4 IDs that run on by one (or stay fixed under DF), and the
-    result stays within 64 KB. IPv4 with options or fragments
-    and IPv6 with extension headers are never merged. A packet that cannot join closes its flow's open run, so
-    the order of packets within a flow is kept; different flows may be reordered relative to each other, as GRO
-    does. The inner checksums are trusted (the packets were authenticated), as kernel WireGuard does.
+    result stays within 64 KB. IPv4 with options or fragments and IPv6 with extension headers are never
+    merged. A packet that cannot join closes its flow's open run, so the order of packets within a flow is
+    kept; different flows may be reordered relative to each other, as GRO does. The inner checksums are
+    trusted (the packets were authenticated), as kernel WireGuard does.
 
-    With ``udp`` (the TUN accepted USO4|USO6), UDP datagrams of one flow with equal payload sizes (the last may be
-    shorter) and a non-zero checksum merge the same way into UDP_L4 super-packets of at most 128 datagrams.
+    With ``udp`` (the TUN accepted USO4|USO6), UDP datagrams of one flow with equal payload sizes (the last
+    may be shorter) and a non-zero checksum merge the same way into UDP_L4 super-packets of at most 128
+    datagrams.
 
     Returns (virtio_net_hdr, packet) pairs: GSO super-packets, and single packets with a zero header (or
     DATA_VALID when ``data_valid``: the kernel then skips verifying their checksums).
@@ -380,8 +376,8 @@ def coalesce(
         hl = ihl + thl
         plen = n - hl
         if thl < 20 or plen <= 0 or tflags & ~TCP_PSH != TCP_ACK:
-            # SYN/FIN/RST/URG/ECE/CWR, pure ACKs, bad header lengths: written alone, and they end the
-            # flow's run.
+            # SYN/FIN/RST/URG/ECE/CWR, pure ACKs, bad header lengths: written alone, and they end the flow's
+            # run.
             g = open_groups.pop(key, None)
             if g is not None:
                 g.closed = True

@@ -1,15 +1,11 @@
 """The TUN device: batched, non-blocking reads and writes of IP packets, with segmentation offload when
 possible.
 
-Opened like wireguard-go's tun_linux.go: /dev/net/tun, IFF_TUN | IFF_NO_PI (| IFF_VNET_HDR), non-blocking,
-MTU set
-with SIOCSIFMTU, and the link left down (wg-quick / ip brings it up; wireguard-go never does). With the
-vnet header
-on, TUNSETOFFLOAD CSUM|TSO4|TSO6 (plus USO4|USO6 when the kernel takes them, Linux ≥ 6.2) makes the kernel
-hand over
-64 KB super-packets, which read_packets splits; write_packets coalesces TCP segments back into
-super-packets. The
-numbers behind that choice are in /work/shared/docs/dataplane.md.
+Opened like wireguard-go's tun_linux.go: /dev/net/tun, IFF_TUN | IFF_NO_PI (| IFF_VNET_HDR), non-blocking, MTU
+set with SIOCSIFMTU, and the link left down (wg-quick / ip brings it up; wireguard-go never does). With the
+vnet header on, TUNSETOFFLOAD CSUM|TSO4|TSO6 (plus USO4|USO6 when the kernel takes them, Linux ≥ 6.2) makes
+the kernel hand over 64 KB super-packets, which read_packets splits; write_packets coalesces TCP (and UDP) back
+into super-packets. The numbers behind that choice are in /work/shared/docs/dataplane.md.
 """
 
 from __future__ import annotations
@@ -72,8 +68,7 @@ class TunGoneError(OSError):
 
 @dataclass
 class TunStats:
-    """Counters for the data plane's own health, never raised as errors: one bad packet must not end a
-    batch."""
+    """Counters for the data plane's own health, never raised as errors: one bad packet must not end a batch."""
 
     reads: int = 0  # read() calls that returned a packet
     super_packets_read: int = 0  # reads that were GSO super-packets
@@ -94,8 +89,8 @@ class Tun:
     readable.
 
     ``offload`` says whether the vnet header and TSO are on (reads may be super-packets, writes are
-    coalesced).
-    A TUN fd adopted with IFF_VNET_HDR but ``offload=False`` keeps the (all-zero) header with no offloads on.
+    coalesced). A TUN fd adopted with IFF_VNET_HDR but ``offload=False`` keeps the (all-zero) header with no
+    offloads on.
     """
 
     def __init__(self, fd: int, name: str, vnet_hdr: bool, offload_flags: int) -> None:
@@ -108,9 +103,8 @@ class Tun:
         # Kernel WireGuard marks decrypted packets CHECKSUM_UNNECESSARY: authentication already covers them.
         self.data_valid = True
         self.stats = TunStats()
-        # MTU ioctls go through a socket of the namespace the device was opened in, so they keep working
-        # when the
-        # caller's thread is elsewhere (a device opened inside in_netns()).
+        # MTU ioctls go through a socket of the namespace the device was opened in, so they keep working when
+        # the caller's thread is elsewhere (a device opened inside in_netns()).
         self._ctl = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self._rbuf = bytearray(READ_BUFFER)
         self._rmv = memoryview(self._rbuf)
@@ -123,8 +117,8 @@ class Tun:
         """Create (or attach to a persistent) TUN device ``name`` and set its MTU; the link stays down.
 
         With ``offload`` the vnet header and TSO (and USO when accepted) are switched on; if the kernel
-        refuses
-        any of that, the device is reopened without the vnet header (the plain path), never half-configured.
+        refuses any of that, the device is reopened without the vnet header (the plain path), never
+        half-configured.
         """
         if len(name.encode()) >= IFNAMSIZ:
             raise ValueError(f"interface name {name!r} is longer than {IFNAMSIZ - 1} bytes")
@@ -154,8 +148,8 @@ class Tun:
         non-blocking.
 
         The vnet header cannot be switched after TUNSETIFF, so it is used if the fd has it: offloads are
-        enabled
-        on it when ``offload`` (and accepted), otherwise turned off so that reads carry no super-packets.
+        enabled on it when ``offload`` (and accepted), otherwise turned off so that reads carry no
+        super-packets.
         """
         raw = fcntl.ioctl(fd, TUNGETIFF, bytes(_IFREQ_FLAGS.size))
         name_raw, ifflags = _IFREQ_FLAGS.unpack(raw)
@@ -240,11 +234,9 @@ class Tun:
     def read_packets(self, max_packets: int = 256) -> list[bytes | memoryview]:
         """Drain the device until EAGAIN or until at least ``max_packets`` packets were collected.
 
-        One read can yield a whole super-packet (up to ~48 segments), so the result may exceed
-        ``max_packets`` by
-        less than one super-packet. Every packet returned is a plain IP packet with complete checksums.
-        Malformed
-        reads are dropped and counted; a deleted device raises :class:`TunGoneError`.
+        One read can yield a whole super-packet (up to ~48 segments), so the result may exceed ``max_packets``
+        by less than one super-packet. Every packet returned is a plain IP packet with complete checksums.
+        Malformed reads are dropped and counted; a deleted device raises :class:`TunGoneError`.
         """
         out: list[bytes | memoryview] = []
         fd, buf, mv = self.fd, self._rbuf, self._rmv
@@ -289,8 +281,8 @@ class Tun:
         """Hand decrypted IP packets to the kernel; returns how many it accepted (counting segments).
 
         With offload, TCP runs (and UDP runs when the kernel took USO) are coalesced into GSO super-packets
-        (checksums trusted, as the packets were authenticated); everything else goes one packet per write.
-        A failed write (EINVAL, EIO, ...) is counted and the batch goes on; only a deleted device raises
+        (checksums trusted, as the packets were authenticated); everything else goes one packet per write. A
+        failed write (EINVAL, EIO, ...) is counted and the batch goes on; only a deleted device raises
         :class:`TunGoneError`.
         """
         fd = self.fd

@@ -1,12 +1,10 @@
 """The UDP side of the data plane: one IPv4 and one IPv6 socket on the same port, batched with GSO and GRO.
 
 Two sockets rather than one dual-stack socket, as wireguard-go's StdNetBind does: IPv6 can be absent or
-disabled
-(the IPv4 socket still works), there are no v4-mapped addresses to translate on every datagram, and
-IP_PKTINFO /
-IPV6_PKTINFO each stay on their own family. Sending uses UDP_SEGMENT (GSO, one sendmsg per ≤ 64 KB run of
-equal-size datagrams) and receiving UDP_GRO (one recvmsg per run, split on the gso_size control message): per
-/work/shared/docs/dataplane.md that is 0.35 and 0.14 µs per datagram instead of 4.2 and 1.15.
+disabled (the IPv4 socket still works), there are no v4-mapped addresses to translate on every datagram, and
+IP_PKTINFO / IPV6_PKTINFO each stay on their own family. Sending uses UDP_SEGMENT (GSO, one sendmsg per ≤ 64
+KB run of equal-size datagrams) and receiving UDP_GRO (one recvmsg per run, split on the gso_size control
+message): per /work/shared/docs/dataplane.md that is 0.35 and 0.14 µs per datagram instead of 4.2 and 1.15.
 
 Sticky source: every receive records the local address the peer wrote to (IP_PKTINFO / IPV6_RECVPKTINFO), and
 replies to that endpoint carry it as the source in a PKTINFO control message, so a host with several addresses
@@ -49,8 +47,8 @@ _INT = struct.Struct("=i")
 _CMSG_SPACE = socket.CMSG_SPACE(_IN6_PKTINFO.size) + socket.CMSG_SPACE(_INT.size) + 64
 
 # Send errors that mean this object is broken (closed socket): raised. Everything else (ECONNREFUSED,
-# ENETUNREACH,
-# EAGAIN, ENOBUFS, EPERM from a firewall, ...) concerns one destination or a passing condition and is counted.
+# ENETUNREACH, EAGAIN, ENOBUFS, EPERM from a firewall, ...) concerns one destination or a passing condition
+# and is counted.
 _FATAL_SEND_ERRORS = frozenset({errno.EBADF, errno.ENOTSOCK})
 # What sendmsg says when the remembered source address is no longer ours (ENETUNREACH on 6.18 for IPv4): the
 # source is forgotten and the send retried once without it.
@@ -178,9 +176,8 @@ class UdpSocket:
         return list(self._by_fd)
 
     def rebind(self, port: int) -> None:
-        """Move to another port (listen_port changed): the new pair is bound before the old one is closed,
-        so a
-        failure (EADDRINUSE) leaves the old pair working. Remembered sources stay valid (same addresses)."""
+        """Move to another port (listen_port changed): the new pair is bound before the old one is closed, so
+        a failure (EADDRINUSE) leaves the old pair working. Remembered sources stay valid (same addresses)."""
         if port != 0 and port == self.port:
             return
         old = [s for s in (self._v4, self._v6) if s is not None]
@@ -189,8 +186,7 @@ class UdpSocket:
             s.close()
 
     def set_fwmark(self, mark: int) -> None:
-        """SO_MARK on both sockets (0 clears), for policy routing that keeps tunnel traffic out of the
-        tunnel."""
+        """SO_MARK on both sockets (0 clears), for policy routing that keeps tunnel traffic out of the tunnel."""
         for s in self._by_fd.values():
             s.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
         self.fwmark = mark
@@ -291,8 +287,8 @@ class UdpSocket:
 
     def send_batch(self, endpoint: Endpoint, datagrams: Sequence[Buffer]) -> None:
         """Send datagrams to one endpoint, in order: GSO runs of equal size (the last of a run may be shorter)
-        when the kernel has UDP_SEGMENT, one sendmsg per datagram otherwise. Errors are counted, never
-        raised."""
+        when the kernel has UDP_SEGMENT, one sendmsg per datagram otherwise. Errors are counted, never raised.
+        """
         if not datagrams:
             return
         host, port = endpoint
@@ -358,9 +354,8 @@ class UdpSocket:
                 return ancillary
             # GSO refused for this route or size (EINVAL: segment above the path MTU; EIO: device without
             # checksum offload; ENOPROTOOPT: no UDP_SEGMENT at all), or a source/route problem: the
-            # per-datagram
-            # path sorts it out (and forgets a dead sticky source). A kernel without UDP_SEGMENT is not
-            # asked again.
+            # per-datagram path sorts it out (and forgets a dead sticky source). A kernel without UDP_SEGMENT
+            # is not asked again.
             if e.errno in (errno.ENOPROTOOPT, errno.EOPNOTSUPP):
                 self.gso = False
             self.stats.gso_fallbacks += 1
