@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import struct
+import time
 import timeit
 from collections.abc import Callable
 
@@ -75,6 +76,8 @@ def tcp_super_packet(segments: int, gso_size: int = 1368, v6: bool = False) -> t
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--udp", action="store_true", help="also UdpSocket on loopback")
+    parser.add_argument("--relay", action="store_true", help="also iperf3 through two TUNs (root, namespaces)")
     args = parser.parse_args()
     n, r = (2000, 3) if args.quick else (20000, 7)
     pkt = os.urandom(1400)
@@ -117,6 +120,92 @@ def main() -> None:
         print(f"  IPv{6 if v6 else 4} 44 segments -> 1 write          {us:7.2f}")
     mixed = [bytes(60)] * 64
     print(f"  64 non-TCP packets (pass-through) {best_us(lambda: coalesce(mixed), n // 20, r, 64):7.2f}")
+    if args.udp:
+        bench_udp()
+    if args.relay:
+        bench_relay()
+
+
+
+
+def bench_udp(count: int = 2000, size: int = 1452) -> None:
+    """Loopback UdpSocket: µs per datagram for send_batch and recv_batch, GSO/GRO against the plain path."""
+    import select
+
+    from wgpy.linux.udp import UdpSocket
+
+    print(f"UdpSocket on loopback, {count} × {size}-byte datagrams (µs per datagram)")
+    data = [os.urandom(size) for _ in range(count)]
+    for use_offload in (True, False):
+        with UdpSocket(offload=use_offload) as tx, UdpSocket(offload=use_offload) as rx:
+            fd = rx.fileno()[0]
+            best_send = best_recv = float("inf")
+            for _ in range(5):
+                t0 = timeit.default_timer()
+                for i in range(0, count, 64):
+                    tx.send_batch(("127.0.0.1", rx.port), data[i : i + 64])
+                t1 = timeit.default_timer()
+                got = 0
+                while got < count:
+                    select.select([fd], [], [], 1.0)
+                    batch = rx.recv_batch(fd)
+                    if not batch:
+                        break
+                    got += len(batch)
+                t2 = timeit.default_timer()
+                best_send = min(best_send, (t1 - t0) / count * 1e6)
+                best_recv = min(best_recv, (t2 - t1) / max(got, 1) * 1e6)
+            label = "GSO send / GRO receive" if use_offload else "plain sendmsg / recvmsg"
+            print(f"  {label:30s} send {best_send:5.2f}   receive {best_recv:5.2f}   (received {got}/{count})")
+
+
+def bench_relay(seconds: int = 5) -> None:
+    """iperf3 between two namespaces whose only link is this process relaying between two TUN devices."""
+    import json
+    import select
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for tests.netns
+    from tests.netns import lab
+    from wgpy.linux import in_netns
+    from wgpy.linux.tun import Tun
+
+    print(f"TCP through two TUNs and a Python relay (iperf3, {seconds} s, one stream)")
+    for use_offload in (True, False):
+        with lab() as the_lab:
+            na, nb = the_lab.namespace(), the_lab.namespace()
+            tuns = []
+            for ns, addr in ((na, "10.6.0.1/24"), (nb, "10.6.0.2/24")):
+                name = the_lab.interface("wgb")
+                with in_netns(ns.name):
+                    tuns.append(Tun.create(name, 1420, offload=use_offload))
+                ns.run(["ip", "addr", "add", addr, "dev", name])
+                ns.run(["ip", "link", "set", name, "up"])
+            a, b = tuns
+            nb.popen(["iperf3", "-s", "-1", "-B", "10.6.0.2"], stdout=subprocess.DEVNULL)
+            time.sleep(0.3)
+            client = na.popen(["iperf3", "-c", "10.6.0.2", "-t", str(seconds), "-J"], stdout=subprocess.PIPE)
+            ep = select.epoll()
+            ep.register(a.fd, select.EPOLLIN)
+            ep.register(b.fd, select.EPOLLIN)
+            peer = {a.fd: (a, b), b.fd: (b, a)}
+            cpu0 = time.process_time()
+            while client.poll() is None:
+                for fd, _ in ep.poll(0.05):
+                    src, dst = peer[fd]
+                    dst.write_packets(src.read_packets())
+            cpu = time.process_time() - cpu0
+            assert client.stdout is not None
+            result = json.loads(client.stdout.read())
+            gbits = result["end"]["sum_received"]["bits_per_second"] / 1e9
+            gbytes = result["end"]["sum_received"]["bytes"] / 1e9
+            label = "offload" if use_offload else "plain  "
+            print(f"  {label}  {gbits:5.2f} Gbit/s   relay CPU {cpu / gbytes:5.1f} s/GB   super-packets"
+                  f" read/written {a.stats.super_packets_read}/{b.stats.super_packets_written}")
+            for t in tuns:
+                t.close()
 
 
 if __name__ == "__main__":
