@@ -127,3 +127,21 @@ def test_parse_duration() -> None:
     assert rotate.parse_duration("1d") == 86400 and rotate.parse_duration("30s") == 30
     with pytest.raises(provision.ProvisionError):
         rotate.parse_duration("soon")
+
+
+def test_rotate_every_loops(server: Target, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import wgpy.ops.cli as ops_cli
+
+    seen: list[bytes | None] = []
+    sleeps: list[float] = []
+
+    def fake_sleep(seconds: float) -> None:
+        seen.append(wgconfig.load(str(server.path)).peers[0].preshared_key)
+        sleeps.append(seconds)
+        if len(sleeps) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ops_cli.time, "sleep", fake_sleep)
+    assert COMMANDS["rotate"](["psk", server.interface, "--config", str(server.path), "--every", "12h"]) == 0
+    assert sleeps == [43200.0] * 3
+    assert len(set(seen)) == 3  # a new PSK every round

@@ -140,6 +140,10 @@ def _peer_add(argv: Sequence[str]) -> int:
         print(f"peer {args.name!r} ({pub}) added to {target.path}"
               f"{' and the running interface' if applied is not None else ''}", file=sys.stderr)
         print(f"client configuration written to {out} (mode 0600)", file=sys.stderr)
+        if result.forwarding_added:
+            print("this host now routes between peers: PostUp lines enabling IP forwarding were added; on the "
+                  "running system run them now (sysctl -w net.ipv4.ip_forward=1, and net.ipv6.conf.all."
+                  "forwarding=1 for IPv6)", file=sys.stderr)
         if result.client_private_key is None:
             print("the client brought its own key: put its private key in place of the placeholder",
                   file=sys.stderr)

@@ -327,6 +327,7 @@ class AddResult:
     client_text: str
     client_private_key: bytes | None = field(repr=False)
     server_text: str
+    forwarding_added: bool = False  # PostUp forwarding lines were added (they run at the next `up`)
 
 
 def _endpoint_for(cfg: Config, request: AddRequest) -> str:
@@ -439,8 +440,9 @@ def add_peer(target: Target, request: AddRequest) -> AddResult:
 
     if request.endpoint and cfg.interface.metadata.get("endpoint") != request.endpoint:
         text.set_metadata(text.interface_range(), "endpoint", request.endpoint)
+    forwarding_added = False
     if request.layout in (Layout.HUB_AND_SPOKE, Layout.SITE_TO_SITE):
-        ensure_forwarding(text, cfg)
+        forwarding_added = ensure_forwarding(text, cfg)
     server_routes = request.server_routes
     if server_routes is None:
         server_routes = parse_networks([cfg.interface.metadata.get("routes", "")])
@@ -469,7 +471,7 @@ def add_peer(target: Target, request: AddRequest) -> AddResult:
     write_private_file(client_path, client_text)
     return AddResult(
         peer=peer, client_path=client_path, client_text=client_text, client_private_key=client_private,
-        server_text=text.text,
+        server_text=text.text, forwarding_added=forwarding_added,
     )
 
 
