@@ -177,7 +177,8 @@ class UdpSocket:
 
     def rebind(self, port: int) -> None:
         """Move to another port (listen_port changed): the new pair is bound before the old one is closed, so
-        a failure (EADDRINUSE) leaves the old pair working. Remembered sources stay valid (same addresses)."""
+        a failure (EADDRINUSE) leaves the old pair working. Remembered sources stay valid (same addresses). The
+        file descriptors change: callers re-read :meth:`fileno` and re-register them with their poller."""
         if port != 0 and port == self.port:
             return
         old = [s for s in (self._v4, self._v6) if s is not None]
