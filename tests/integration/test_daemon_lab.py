@@ -12,16 +12,22 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from tests.netns import WG_RUN_DIR, Lab, Namespace, netlab  # noqa: F401  (the fixture)
+from tests.netns import WG_RUN_DIR, Lab, Namespace, lab
 
 WGPYD = "wgpyd"
 WIREGUARD_GO = "wireguard-go"
+
+
+@pytest.fixture
+def netlab() -> Iterator[Lab]:
+    with lab() as the_lab:
+        yield the_lab
 
 
 def genkey() -> tuple[str, str]:
@@ -160,10 +166,11 @@ def make_pair(
     a.start()
     b.start()
     key = genpsk() if psk else None
-    a.setconf(interface_block(a) + peer_block(b, f"{b.inner4}/32,{b.inner6}/128",
-                                              b.endpoint(family) if a_knows_b else None, key))
+    # B first: A's first initiation (sent as soon as A has B's endpoint) then finds B ready.
     b.setconf(interface_block(b) + peer_block(a, f"{a.inner4}/32,{a.inner6}/128",
                                               a.endpoint(family) if b_knows_a else None, key))
+    a.setconf(interface_block(a) + peer_block(b, f"{b.inner4}/32,{b.inner6}/128",
+                                              b.endpoint(family) if a_knows_b else None, key))
     return a, b
 
 
