@@ -201,7 +201,10 @@ s.recv(1)
 """
 
 
-def relay(a: Tun, b: Tun, until: subprocess.Popen[bytes], timeout: float, check: int = 300) -> int:
+def relay(
+    a: Tun, b: Tun, until: subprocess.Popen[bytes] | list[subprocess.Popen[bytes]], timeout: float,
+    check: int = 300,
+) -> int:
     """Copy packets both ways between two TUN devices (read_packets -> write_packets) until ``until`` exits.
 
     The first ``check`` TCP packets read are verified with the slow reference checksum.
@@ -213,7 +216,8 @@ def relay(a: Tun, b: Tun, until: subprocess.Popen[bytes], timeout: float, check:
     deadline = time.monotonic() + timeout
     checked = 0
     try:
-        while until.poll() is None:
+        waiting = until if isinstance(until, list) else [until]
+        while any(p.poll() is None for p in waiting):
             assert time.monotonic() < deadline, "transfer through the relay timed out"
             for fd, _ev in ep.poll(0.05):
                 src, dst = peer[fd]
@@ -303,3 +307,79 @@ def test_udp_runs_are_written_as_one_uso_super_packet(netlab: Lab, gro: bool) ->
                 assert got == b"".join(datagrams)
             else:
                 assert [rx.recv(65536) for _ in datagrams] == datagrams
+
+
+MULTI_RECEIVER = """
+import hashlib, socket, sys, threading
+srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind((sys.argv[1], 5002)); srv.listen(8)
+print('ready', flush=True)
+results = []
+def serve(conn):
+    h, n = hashlib.sha256(), 0
+    while True:
+        b = conn.recv(1 << 20)
+        if not b:
+            break
+        h.update(b); n += len(b)
+    results.append((n, h.hexdigest()))
+threads = []
+for _ in range(int(sys.argv[2])):
+    conn, _ = srv.accept()
+    threads.append(threading.Thread(target=serve, args=(conn,)))
+    threads[-1].start()
+for t in threads:
+    t.join()
+for n, h in sorted(results):
+    print(n, h, flush=True)
+"""
+
+MULTI_SENDER = """
+import random, socket, sys, threading
+def send(seed, size):
+    data = random.Random(seed).randbytes(size)
+    s = socket.create_connection((sys.argv[1], 5002), timeout=60)
+    s.sendall(data)
+    s.shutdown(socket.SHUT_WR)
+    s.recv(1)
+threads = [threading.Thread(target=send, args=(int(seed), int(sys.argv[2]) + int(seed)))
+           for seed in sys.argv[3:]]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+"""
+
+
+def test_parallel_flows_both_ways_through_the_relay(netlab: Lab) -> None:
+    """Interleaved TCP flows in both directions: coalescing must keep every flow whole and in order."""
+    na, nb = netlab.namespace(), netlab.namespace()
+    ia, ib = netlab.interface(), netlab.interface()
+    ta, tb = make_tun(na, ia, True), make_tun(nb, ib, True)
+    size = 3 << 20
+    try:
+        up(na, ia, "10.9.0.1/24")
+        up(nb, ib, "10.9.0.2/24")
+        flows = {nb: ("10.9.0.2", na, [1, 2, 3]), na: ("10.9.0.1", nb, [4])}
+        receivers = {}
+        for rx_ns, (addr, _tx_ns, seeds) in flows.items():
+            proc = rx_ns.popen(["python3", "-c", MULTI_RECEIVER, addr, str(len(seeds))], stdout=subprocess.PIPE)
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == b"ready"
+            receivers[rx_ns] = proc
+        for addr, tx_ns, seeds in flows.values():
+            tx_ns.popen(["python3", "-c", MULTI_SENDER, addr, str(size), *map(str, seeds)])
+        relay(ta, tb, list(receivers.values()), timeout=60)
+        for rx_ns, (_addr, _tx_ns, seeds) in flows.items():
+            stdout = receivers[rx_ns].stdout
+            assert stdout is not None
+            got = stdout.read().decode().split()
+            want = sorted((size + seed, hashlib.sha256(random.Random(seed).randbytes(size + seed)).hexdigest())
+                          for seed in seeds)
+            assert got == [str(x) for pair in want for x in pair]
+        assert ta.stats.write_errors == tb.stats.write_errors == 0
+        assert ta.stats.super_packets_written > 0 and tb.stats.super_packets_written > 0
+    finally:
+        ta.close()
+        tb.close()
