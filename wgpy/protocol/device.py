@@ -811,9 +811,10 @@ class Device:
                     reply = self.cookie_checker.create_reply(data, sender, source_bytes, now)
                     self._emit(source, reply)
                     self.stats.cookie_replies_sent += 1
+                    self.stats.drop(DropReason.BAD_MAC2)
                 else:
+                    # One datagram, one drop: counted as rate-limited, not also as BAD_MAC2.
                     self.stats.drop(DropReason.RATE_LIMITED)
-                self.stats.drop(DropReason.BAD_MAC2)
                 return
             if not self.ratelimiter.allow(source_bytes[:-2], now):
                 self.stats.drop(DropReason.RATE_LIMITED)
