@@ -200,3 +200,15 @@ def test_config_text_set_value_in_place() -> None:
     ct.set_value(ct.peer_range(bob.public_key), "PresharedKey", keys.to_base64(psk), after="PublicKey")
     assert ct.parse().peers[1].preshared_key == psk
     assert ct.text.replace(f"PresharedKey = {keys.to_base64(psk)}\n", "") == before
+
+
+def test_concurrent_adds_serialise(server: Target) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    names = [f"c{i}" for i in range(12)]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        list(pool.map(lambda n: provision.add_peer(server, AddRequest(n, endpoint="h:1")), names))
+    cfg = wgconfig.load(str(server.path))
+    assert sorted(p.friendly_name or "" for p in cfg.peers[2:]) == sorted(names)
+    addresses = [str(n) for p in cfg.peers for n in p.allowed_ips]
+    assert len(addresses) == len(set(addresses))

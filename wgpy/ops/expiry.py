@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from wgpy import keys
 from wgpy.config import Config, PeerConfig
 from wgpy.ops.audit import AuditLog
-from wgpy.ops.provision import ConfigText, ProvisionError, Target, peer_label, sync_live
+from wgpy.ops.provision import ConfigText, ProvisionError, Target, locked, peer_label, sync_live
 
 
 def today_utc() -> dt.date:
@@ -45,6 +45,7 @@ class ExpireResult:
     applied_live: bool
 
 
+@locked
 def expire(target: Target, today: dt.date | None = None, audit: AuditLog | None = None,
            dry_run: bool = False) -> ExpireResult:
     text = ConfigText.load(target.path)

@@ -17,14 +17,17 @@ Live application follows ``wg syncconf``: only the peers that differ from the ru
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
+import functools
 import ipaddress
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Concatenate, ParamSpec, TypeVar
 
 from wgpy import config as wgconfig
 from wgpy import keys
@@ -37,6 +40,8 @@ PLACEHOLDER_PRIVATE_KEY = "REPLACE_WITH_THE_CLIENT_PRIVATE_KEY"
 DEFAULT_KEEPALIVE = 25
 _HEADER_RE = re.compile(r"^\s*\[\s*(interface|peer)\s*\]\s*(#.*)?$", re.IGNORECASE)
 _METADATA_RE = re.compile(r"^\s*#\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*=\s*(.*?)\s*$")
+P = ParamSpec("P")
+R = TypeVar("R")
 _NAME_RE = re.compile(r"^[^\s\x00-\x1f\x7f](?:[^\x00-\x1f\x7f]{0,61}[^\s\x00-\x1f\x7f])?$")
 
 
@@ -84,6 +89,22 @@ def resolve_target(
         path = Path(target)
         return Target(path, interface or path.stem)
     return Target(DEFAULT_DIR / f"{target}.conf", interface or target)
+
+
+def locked(fn: Callable[Concatenate[Target, P], R]) -> Callable[Concatenate[Target, P], R]:
+    """Serialise edits of one directory of configurations (a timer's `rotate finish` and an operator's `peer add`
+    must not interleave their read-modify-write): an exclusive flock on the directory, held for the call."""
+
+    @functools.wraps(fn)
+    def wrapper(target: Target, *args: P.args, **kwargs: P.kwargs) -> R:
+        fd = os.open(target.path.parent if str(target.path.parent) else ".", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            return fn(target, *args, **kwargs)
+        finally:
+            os.close(fd)
+
+    return wrapper
 
 
 def safe_filename(name: str) -> str:
@@ -397,6 +418,7 @@ def ensure_forwarding(text: ConfigText, cfg: Config) -> bool:
     return True
 
 
+@locked
 def add_peer(target: Target, request: AddRequest) -> AddResult:
     """Append a peer to the server configuration and write it and the client's configuration (0600).
 
@@ -475,6 +497,7 @@ def add_peer(target: Target, request: AddRequest) -> AddResult:
     )
 
 
+@locked
 def remove_peer(target: Target, who: str) -> PeerConfig:
     text = ConfigText.load(target.path)
     peer = find_peer(text.parse(), who)

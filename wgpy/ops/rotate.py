@@ -54,6 +54,7 @@ from wgpy.ops.provision import (
     Target,
     find_peer,
     interface_running,
+    locked,
     peer_label,
     server_public_key,
     sync_live,
@@ -143,6 +144,7 @@ class PskRotation:
     client_interface: str | None = None
 
 
+@locked
 def rotate_psk(
     target: Target,
     peers: Sequence[str] | None = None,
@@ -223,6 +225,7 @@ class ClientKeyRotation:
     client_text: str = field(repr=False)
 
 
+@locked
 def rotate_client_key(
     target: Target,
     who: str,
@@ -297,6 +300,7 @@ def _grace_until(peer: PeerConfig) -> dt.datetime:
         raise ProvisionError(f"peer {peer_label(peer)!r}: bad grace_until {raw!r}") from None
 
 
+@locked
 def finish_rotations(
     target: Target, *, audit: AuditLog | None = None, clock: Callable[[], float] = time.time,
     force: bool = False,
@@ -362,6 +366,7 @@ class ServerKeyRotation:
     not_reissued: list[str]  # peers whose configuration this host did not issue
 
 
+@locked
 def rotate_server_key(
     target: Target, *, client_interfaces: dict[str, str] | None = None, audit: AuditLog | None = None,
 ) -> ServerKeyRotation:
