@@ -150,7 +150,7 @@ def test_import_names_peers(tmp_path: Path) -> None:
         "[Interface]\nAddress = 10.9.0.1/24\n"
         f"PrivateKey = {k(keys.generate_private_key())}\n\n"
         f"[Peer]\n# Laptop of Eve\nPublicKey = {k(keys.public_key(keys.generate_private_key()))}\n"
-        "AllowedIPs = 10.9.0.2/32\n\n"
+        "AllowedIPs = 10.9.0.2/32, 10.9.0.64/26, 192.168.5.0/24\n\n"
         f"[Peer]\nPublicKey = {k(keys.public_key(keys.generate_private_key()))}\nAllowedIPs = 10.9.0.3/32\n"
         f"\n[Peer]\n# friendly_name = kept\nPublicKey = {k(keys.public_key(keys.generate_private_key()))}\n"
     )
@@ -158,6 +158,8 @@ def test_import_names_peers(tmp_path: Path) -> None:
     assert COMMANDS["peer"](["import", str(source), "wg9", "--config", str(dest)]) == 0
     cfg = wgconfig.load(str(dest))
     assert [p.friendly_name for p in cfg.peers] == ["Laptop of Eve", "peer2", "kept"]
+    (warning,) = provision.wide_allowed_ips(cfg)
+    assert "Laptop of Eve" in warning and "10.9.0.64/26" in warning
     assert stat.S_IMODE(os.stat(dest).st_mode) == 0o600
 
 

@@ -35,6 +35,7 @@ from wgpy.ops.provision import (
     remove_peer,
     resolve_target,
     sync_live,
+    wide_allowed_ips,
 )
 from wgpy.uapi import client as uapi
 
@@ -272,6 +273,8 @@ def _peer_import(argv: Sequence[str]) -> int:
             raise UsageError("import into a different file (use --config), or use the configuration in place")
         names = import_config(source, target)
         print(f"imported {len(names)} peer(s) into {target.path}: {', '.join(names)}", file=sys.stderr)
+        for warning in wide_allowed_ips(_load(target)):
+            print(f"warning: {warning}", file=sys.stderr)
         return 0
 
     return _run(go)

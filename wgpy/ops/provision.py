@@ -510,6 +510,23 @@ def remove_peer(target: Target, who: str) -> PeerConfig:
 # Import
 
 
+def wide_allowed_ips(cfg: Config) -> list[str]:
+    """Warnings for peers whose AllowedIPs cover more of a tunnel subnet than one host address: such a peer
+    can claim (and receive) other clients' traffic. Routed subnets outside the tunnel subnets are fine."""
+    warnings = []
+    subnets = server_subnets(cfg)
+    for peer in cfg.peers:
+        for net in peer.allowed_ips:
+            if net.prefixlen == net.max_prefixlen:
+                continue
+            for subnet in subnets:
+                if subnet.version == net.version and net.overlaps(subnet):
+                    warnings.append(f"peer {peer_label(peer)!r} has {net}, more than one address of the tunnel "
+                                    f"subnet {subnet}: narrow it to its own /{net.max_prefixlen}")
+                    break
+    return warnings
+
+
 _PLAIN_COMMENT_RE = re.compile(r"^\s*#\s*(\S.*?)\s*$")
 
 
