@@ -382,3 +382,22 @@ def test_ipv4_ids_must_run_on_or_stay_fixed_under_df(proto: int) -> None:
     assert len(coalesce([_with_ip_id(s, 0, df=False) for s in segs], udp=True)) == 4  # no DF: must run on
     gap = [_with_ip_id(s, i * 2) for i, s in enumerate(segs)]
     assert len(coalesce(gap, udp=True)) == 4
+
+
+def test_ipv6_extension_header_before_tcp_is_kept_and_counted() -> None:
+    """csum_start past an IPv6 extension header: every segment keeps it, and the payload length covers it."""
+    payload = bytes(range(251)) * 12  # 3012 bytes -> 1000, 1000, 1000, 12
+    hbh = bytes([6, 0, 1, 4, 0, 0, 0, 0])  # hop-by-hop: next header TCP, PadN to 8 bytes
+    tcp = struct.pack(">HHIIBBHHH", 1, 2, 5000, 9, 5 << 4, TCP_ACK | TCP_PSH, 100, 0, 0)
+    src, dst = bytes(15) + b"\1", bytes(15) + b"\2"
+    ip = struct.pack(">IHBB16s16s", 0x60000000, 8 + 20 + len(payload), 0, 64, src, dst)  # next header: HBH
+    vnet = VNET_HDR.pack(1, offload.VIRTIO_NET_HDR_GSO_TCPV6, 68, 1000, 48, 16)
+    segs = split_super_packet(vnet, ip + hbh + tcp + payload)
+    assert [len(s) - 68 for s in segs] == [1000, 1000, 1000, 12]
+    for i, s in enumerate(segs):
+        assert s[40:48] == hbh
+        assert struct.unpack_from(">H", s, 4)[0] == len(s) - 40
+        l4 = s[48:]
+        assert slow_sum(pseudo(6, src, dst, 6, len(l4)) + l4) == 0xFFFF
+        assert struct.unpack_from(">I", l4, 4)[0] == 5000 + 1000 * i
+    assert coalesce(segs) == [(VNET_HDR_ZERO, s) for s in segs]  # extension headers: never merged
