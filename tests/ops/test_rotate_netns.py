@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import time
@@ -85,10 +86,26 @@ def test_psk_rotation_under_ping_loses_nothing(netlab: Lab, tmp_path: Path, daem
     assert after > before
 
 
-def test_client_key_then_server_key_rotation(netlab: Lab, tmp_path: Path, daemon: str) -> None:
+def secrets_in(directory: Path) -> set[bytes]:
+    """Every private and preshared key in the configuration files under `directory`."""
+    out: set[bytes] = set()
+    for path in directory.rglob("*.conf"):
+        cfg = wgconfig.load(str(path))
+        out |= {k for k in [cfg.interface.private_key, *(p.preshared_key for p in cfg.peers)] if k}
+    return out
+
+
+def test_client_key_then_server_key_rotation(
+    netlab: Lab, tmp_path: Path, daemon: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    audit_log = tmp_path / "audit" / "wgpy.log"
+    audit_log.parent.mkdir()
+    monkeypatch.setenv("WGPY_AUDIT_LOG", str(audit_log))
     _server, client, siface, ciface, conf = setup_pair(netlab, tmp_path, 102, daemon)
+    secrets = secrets_in(tmp_path)
     old_key = wgconfig.load(str(conf)).peers[0].public_key
     rotate("client-key", siface, "phone", "--config", str(conf), "--apply-client", ciface, "--no-qr")
+    secrets |= secrets_in(tmp_path)
     live = {p.public_key: p for p in uapi.get(siface).peers}
     (new_key,) = [k for k in live if k not in (old_key, wgconfig.load(str(conf)).peers[1].public_key)]
     # The old key keeps the address during the grace period; the new one has none yet.
@@ -103,6 +120,7 @@ def test_client_key_then_server_key_rotation(netlab: Lab, tmp_path: Path, daemon
     else:
         raise AssertionError("the new client key never completed a handshake")
     rotate("finish", siface, "--config", str(conf))
+    secrets |= secrets_in(tmp_path)
     live = {p.public_key: p for p in uapi.get(siface).peers}
     assert old_key not in live and [str(n) for n in live[new_key].allowed_ips] == ["10.102.0.2/32"]
     client.wait_ping("10.102.0.1")
@@ -119,3 +137,14 @@ def test_client_key_then_server_key_rotation(netlab: Lab, tmp_path: Path, daemon
     assert issued.interface.private_key is not None
     assert keys.public_key(issued.interface.private_key) == new_key
     client.wait_ping("10.102.0.1", seconds=20)
+    rotate("psk", siface, "--config", str(conf))
+    secrets |= secrets_in(tmp_path)
+
+    # The audit log tells the whole story and holds none of the keys it saw go by.
+    text = audit_log.read_text()
+    events = [json.loads(line)["event"] for line in text.splitlines()]
+    assert events == ["peer_added", "peer_added", "key_rotated", "key_rotated", "private_key_changed",
+                      "psk_changed", "psk_changed"]
+    assert len(secrets) >= 8
+    for secret in secrets:
+        assert keys.to_base64(secret) not in text and secret.hex() not in text.lower()
