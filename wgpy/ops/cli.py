@@ -141,6 +141,9 @@ def _peer_add(argv: Sequence[str]) -> int:
         print(f"peer {args.name!r} ({pub}) added to {target.path}"
               f"{' and the running interface' if applied is not None else ''}", file=sys.stderr)
         print(f"client configuration written to {out} (mode 0600)", file=sys.stderr)
+        if _load(target).interface.save_config:
+            print("warning: SaveConfig = true: `wg-quick down` rewrites this file from the running interface and "
+                  "drops every '# friendly_name' and '# expires'; set it to false", file=sys.stderr)
         if result.forwarding_added:
             print("this host now routes between peers: PostUp lines enabling IP forwarding were added; on the "
                   "running system run them now (sysctl -w net.ipv4.ip_forward=1, and net.ipv6.conf.all."
