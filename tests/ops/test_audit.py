@@ -112,3 +112,20 @@ def test_journal_without_python_systemd_is_a_clear_error() -> None:
             AuditLog(journal=True)
     else:
         AuditLog(journal=True).event("peer_removed", actor="cli", public_key=_b64(_key()))
+
+
+def test_audit_command_filters(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from wgpy.ops.cli import COMMANDS
+
+    path = tmp_path / "a.log"
+    a, b = _b64(_key()), _b64(_key())
+    with AuditLog(str(path), clock=iter([1.0e9, 1.1e9, 1.2e9]).__next__) as log:
+        log.event("peer_added", actor="cli", public_key=a, name="a")
+        log.event("psk_changed", actor="cli", public_key=a)
+        log.event("peer_removed", actor="cli", public_key=b)
+    assert COMMANDS["audit"]([str(path), "--peer", a, "--event", "psk_changed"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and "psk_changed" in lines[0] and a in lines[0]
+    assert COMMANDS["audit"]([str(path), "--since", "2004-01-01", "--json"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    assert json.loads(line)["event"] == "peer_removed"
