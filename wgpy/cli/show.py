@@ -170,8 +170,11 @@ def ugly_print(device: DeviceState, param: str, with_interface: bool, out: TextI
     elif param == "fwmark":
         out.write(f"{prefix}{f'0x{device.fwmark:x}' if device.fwmark else 'off'}\n")
     elif param == "endpoints":
+        # wireguard-tools v1.0.20210914 (Debian's) prints the interface name once, before the loop, not on
+        # every line as for the other fields: reproduced, including a dangling "NAME\t" when there are no peers.
+        out.write(prefix)
         for peer in peers:
-            out.write(f"{prefix}{_key(peer.public_key)}\t{_endpoint(peer) if peer.endpoint else '(none)'}\n")
+            out.write(f"{_key(peer.public_key)}\t{_endpoint(peer) if peer.endpoint else '(none)'}\n")
     elif param == "allowed-ips":
         for peer in peers:
             out.write(f"{prefix}{_key(peer.public_key)}\t{_allowed_ips(peer, ' ', chr(10))}")
