@@ -126,6 +126,6 @@ def test_audit_command_filters(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert COMMANDS["audit"]([str(path), "--peer", a, "--event", "psk_changed"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 1 and "psk_changed" in lines[0] and a in lines[0]
-    assert COMMANDS["audit"]([str(path), "--since", "2004-01-01", "--json"]) == 0
+    assert COMMANDS["audit"]([str(path), "--since", "2005-01-01", "--json"]) == 0
     (line,) = capsys.readouterr().out.splitlines()
     assert json.loads(line)["event"] == "peer_removed"
