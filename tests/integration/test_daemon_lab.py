@@ -12,7 +12,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -153,7 +153,7 @@ def interface_block(node: Node, port: int | None = None) -> str:
 
 def make_pair(
     lab: Lab, kind_a: str, kind_b: str, *, family: str = "4", psk: bool = False, a_knows_b: bool = True,
-    b_knows_a: bool = True,
+    b_knows_a: bool = True, a_args: Sequence[str] = (), before_config: Callable[[Node, Node], None] | None = None,
 ) -> tuple[Node, Node]:
     """Two namespaces joined by a veth, one WireGuard interface in each, configured as each other's peer.
 
@@ -163,8 +163,10 @@ def make_pair(
     lab.veth(ns_a, ["198.18.0.1/24", "fd00:18::1/64"], ns_b, ["198.18.0.2/24", "fd00:18::2/64"])
     a = Node(ns_a, lab.interface(), kind_a, "198.18.0.1", "fd00:18::1", "10.0.0.1", "fd00:a::1")
     b = Node(ns_b, lab.interface(), kind_b, "198.18.0.2", "fd00:18::2", "10.0.0.2", "fd00:a::2")
-    a.start()
+    a.start(args=a_args)
     b.start()
+    if before_config is not None:
+        before_config(a, b)
     key = genpsk() if psk else None
     # B first: A's first initiation (sent as soon as A has B's endpoint) then finds B ready.
     b.setconf(interface_block(b) + peer_block(a, f"{a.inner4}/32,{a.inner6}/128",
