@@ -1,0 +1,229 @@
+"""A handshake flood from many spoofed sources against a wgpyd that also carries a live tunnel to wireguard-go.
+
+Three namespaces: the server S (wgpyd), a wireguard-go client C with a live tunnel to S, and the flooder F. F sends
+initiations with a valid mac1 (``tools/flood.py``, raw socket) from 250 spoofed addresses in 198.19.0.0/16; S
+routes that /16 back to F, where it is a local route, so a listener in F counts every reply per spoofed source.
+
+What must hold (functional properties only; the figures are in bench/bench_flood.py):
+- S goes under load and answers with cookie replies, at most burst + rate x time per spoofed source;
+- S never answers a flood source with a handshake response, and does Diffie-Hellman for at most the messages that
+  arrive before it is under load (the window the under-load detection needs);
+- the live tunnel keeps working: pings sent during the flood come back, and the daemon is alive afterwards;
+- bad-mac1 and garbage floods are dropped as such and never put S under load.
+The helpers here (``FloodLab``) are shared with bench/bench_flood.py.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_daemon_lab import (
+    WGPYD,
+    WIREGUARD_GO,
+    Node,
+    interface_block,
+    peer_block,
+)
+from tests.netns import Lab, Namespace, netlab  # noqa: F401  (the fixture)
+from wgpy.protocol.constants import PACKETS_BURSTABLE, PACKETS_PER_SECOND
+
+ROOT = Path(__file__).resolve().parents[2]
+TOOLS_ENV = {"PYTHONPATH": str(ROOT)}
+SPOOF_NET = "198.19.0.0/16"
+SPOOF_PORT = 40000
+SERVER_FLOOD_ADDR = "198.18.2.1"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+# Tunables().under_load_handshakes: the mac1-valid handshake messages per second before the device is under load.
+UNDER_LOAD_HANDSHAKES = 1024
+
+
+def read_stats(node: Node) -> dict[str, int]:
+    """wgpyd's ``wgpy_stats=1`` UAPI extension as a dict (drop counters are prefixed ``drop_``)."""
+    out = {}
+    for line in node.uapi("wgpy_stats=1\n\n").splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key != "errno" and value.lstrip("-").isdigit():
+            out[key] = int(value)
+    return out
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+
+
+def proc_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def proc_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def udp_rcvbuf_errors(ns: Namespace) -> int:
+    """The namespace's UDP receive-buffer drops (datagrams the daemon did not read in time)."""
+    lines = ns.run(["cat", "/proc/net/snmp"]).stdout.splitlines()
+    for head, values in itertools.pairwise(lines):
+        if head.startswith("Udp:") and values.startswith("Udp:"):
+            table = dict(zip(head.split()[1:], values.split()[1:], strict=True))
+            return int(table.get("RcvbufErrors", 0))
+    return 0
+
+
+def parse_ping(text: str) -> tuple[int, int, float]:
+    """(transmitted, received, average ms) from ping's summary."""
+    sent = received = 0
+    m = re.search(r"(\d+) packets transmitted, (\d+) received", text)
+    if m:
+        sent, received = int(m.group(1)), int(m.group(2))
+    avg = 0.0
+    m = re.search(r"= [\d.]+/([\d.]+)/", text)
+    if m:
+        avg = float(m.group(1))
+    return sent, received, avg
+
+
+@dataclass
+class FloodLab:
+    server: Node
+    client: Node
+    flooder: Namespace
+
+    @property
+    def server_pid(self) -> int:
+        pids = self.server.pids()
+        assert len(pids) == 1, pids
+        return pids[0]
+
+    def listener(self, seconds: float) -> subprocess.Popen[bytes]:
+        proc = self.flooder.popen(
+            ["python3", "-m", "tools.flood", "listen", "--port", str(SPOOF_PORT), "--seconds", str(seconds)],
+            env=TOOLS_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == b"ready"
+        return proc
+
+    def flood_args(self, mode: str, rate: float, seconds: float, sources: int = 250) -> list[str]:
+        return [
+            "python3", "-m", "tools.flood", "send", "--target", f"{SERVER_FLOOD_ADDR}:{self.server.port}",
+            "--server-key", self.server.public, "--mode", mode, "--rate", str(rate), "--seconds", str(seconds),
+            "--sources", str(sources), "--source-net", SPOOF_NET, "--source-port", str(SPOOF_PORT),
+        ]
+
+    def flood(self, mode: str, rate: float, seconds: float, sources: int = 250) -> dict[str, float]:
+        out = self.flooder.run(self.flood_args(mode, rate, seconds, sources), env=TOOLS_ENV,
+                               timeout=seconds + 60)
+        result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+        return result
+
+
+def flood_lab(lab: Lab, server_kind: str = WGPYD, log_level: str = "error") -> FloodLab:
+    s, c, f = lab.namespace(), lab.namespace(), lab.namespace()
+    lab.veth(s, ["198.18.1.1/24"], c, ["198.18.1.2/24"])
+    lab.veth(s, [f"{SERVER_FLOOD_ADDR}/24"], f, ["198.18.2.2/24"])
+    # Replies to the spoofed sources go back to F, which takes the whole /16 as local addresses.
+    s.run(["ip", "route", "add", SPOOF_NET, "via", "198.18.2.2"])
+    s.run(["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"])
+    f.run(["ip", "route", "add", "local", SPOOF_NET, "dev", "lo"])
+    server = Node(s, lab.interface(), server_kind, "198.18.1.1", "", "10.0.0.1", "fd00:a::1")
+    client = Node(c, lab.interface(), WIREGUARD_GO, "198.18.1.2", "", "10.0.0.2", "fd00:a::2")
+    server.start(extra_env={"LOG_LEVEL": log_level})
+    client.start(extra_env={"LOG_LEVEL": "error"})
+    server.setconf(interface_block(server) + peer_block(client, f"{client.inner4}/32,{client.inner6}/128"))
+    client.setconf(interface_block(client)
+                   + peer_block(server, f"{server.inner4}/32,{server.inner6}/128", f"{server.outer4}:{server.port}"))
+    client.ns.wait_ping(server.inner4, 20)
+    # iperf3's server for the benchmark's throughput figures (ended by PID with the lab).
+    s.popen(["iperf3", "-s", "-B", server.inner4], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return FloodLab(server, client, f)
+
+
+def delta(after: dict[str, int], before: dict[str, int], key: str) -> int:
+    return after.get(key, 0) - before.get(key, 0)
+
+
+pytestmark = pytest.mark.netns
+# Where a datagram that fails a check before any public-key operation ends up.
+CHEAP_DROPS = ("drop_bad_mac1", "drop_malformed", "drop_unknown_type", "drop_unknown_index", "drop_cookie_rejected")
+
+
+def test_valid_mac1_flood_gets_rate_limited_cookies_and_tunnel_survives(netlab: Lab) -> None:  # noqa: F811
+    lab = flood_lab(netlab)
+    pid = lab.server_pid
+    rss_before = proc_rss_kib(pid)
+    before = read_stats(lab.server)
+    seconds = 4.0
+    listener = lab.listener(seconds + 4)
+    ping = lab.client.ns.popen(["ping", "-c", "15", "-i", "0.2", "-W", "3", lab.server.inner4],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    start = time.monotonic()
+    result = lab.flood("valid", 25000, seconds)
+    flood_time = time.monotonic() - start
+    ping_out, _ = ping.communicate(timeout=30)
+    listener.terminate()
+    got_out, _ = listener.communicate(timeout=15)
+    after = read_stats(lab.server)
+    replies = json.loads(got_out.decode().strip().splitlines()[-1])
+    report = f"flood={result} replies={replies} stats_delta=" + str(
+        {k: delta(after, before, k) for k in after if delta(after, before, k)})
+
+    assert result["sent"] > 10000, report
+    # Under load, with cookie replies sent and the rest of the flood refused on mac2.
+    assert delta(after, before, "under_load_periods") >= 1, report
+    assert delta(after, before, "cookie_replies_sent") > 0, report
+    assert delta(after, before, "drop_bad_mac2") > 0, report
+    # Cookie replies are rate-limited per spoofed source: at most the burst plus the rate over the flood's length.
+    bound = PACKETS_BURSTABLE + PACKETS_PER_SECOND * (flood_time + 1.0)
+    assert replies["by_type"].get("3", 0) > 0, report
+    assert replies["per_source_max"] <= bound, report
+    # Never a handshake response to a flood source; DH only before the device knew it was under load.
+    assert replies["by_type"].get("2", 0) == 0, report
+    assert set(replies["by_type"]) <= {"3"}, report
+    assert delta(after, before, "handshake_responses_sent") <= 2, report  # the live peer may rekey, nobody else
+    assert delta(after, before, "drop_handshake_failed") <= UNDER_LOAD_HANDSHAKES, report
+    # The live tunnel kept working during the flood, and the daemon is alive and answering.
+    sent, received, _avg = parse_ping(ping_out.decode())
+    assert sent == 15 and received == 15, ping_out.decode() + report
+    assert lab.server.pids() == [pid]
+    assert lab.client.ns.ping(lab.server.inner4).returncode == 0
+    # Memory bounded: the per-source tables are bounded (65,536 entries) and 250 sources need little.
+    assert proc_rss_kib(pid) - rss_before < 64 * 1024, (rss_before, proc_rss_kib(pid))
+
+
+@pytest.mark.parametrize("mode", ["badmac1", "garbage"])
+def test_bad_mac1_and_garbage_floods_are_dropped_without_load(netlab: Lab, mode: str) -> None:  # noqa: F811
+    lab = flood_lab(netlab)
+    before = read_stats(lab.server)
+    listener = lab.listener(6)
+    result = lab.flood(mode, 10000, 2.0)
+    listener.terminate()
+    got_out, _ = listener.communicate(timeout=15)
+    after = read_stats(lab.server)
+    replies = json.loads(got_out.decode().strip().splitlines()[-1])
+    changed = {k: delta(after, before, k) for k in after if delta(after, before, k)}
+    report = f"flood={result} replies={replies} stats_delta={changed}"
+    assert result["sent"] > 5000, report
+    # Nothing answered, nothing processed beyond the cheap checks, never under load.
+    assert replies["total"] == 0, report
+    assert delta(after, before, "under_load_periods") == 0, report
+    assert delta(after, before, "cookie_replies_sent") == 0, report
+    assert delta(after, before, "drop_handshake_failed") == 0, report
+    cheap = sum(delta(after, before, k) for k in CHEAP_DROPS)
+    assert cheap > 0, report
+    if mode == "badmac1":
+        assert delta(after, before, "drop_bad_mac1") == cheap, report
+    assert lab.client.ns.ping(lab.server.inner4).returncode == 0
