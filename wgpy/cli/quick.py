@@ -29,7 +29,6 @@ import shutil
 import signal
 import socket
 import stat
-import struct
 import subprocess
 import sys
 import tempfile
@@ -142,8 +141,11 @@ def strip_text(text: str) -> str:
     return "".join(kept) + "\n"
 
 
-def parse_options(arg: str, *, warn: bool = True) -> QuickConfig:
-    """wg-quick's parse_options: find the file, check its name, warn when it is world accessible, parse it."""
+def parse_options(arg: str, *, warn: bool = True, validate: bool = True) -> QuickConfig:
+    """wg-quick's parse_options: find the file, check its name, warn when it is world accessible, parse it.
+
+    `validate=False` (strip) only filters the lines, as wg-quick does: wg would judge the rest later.
+    """
     path = arg
     if IFACE_RE.match(path):
         path = f"/etc/wireguard/{path}.conf"
@@ -172,7 +174,7 @@ def parse_options(arg: str, *, warn: bool = True) -> QuickConfig:
         line = data[: e.start].count(b"\n") + 1
         _die(f"{path}:{line}: the file is not valid UTF-8 text")
     try:
-        parsed = configlib.parse(text, path, wg_quick=True)
+        parsed = configlib.parse(text, path, wg_quick=True) if validate else Config(path=path)
     except ConfigError as e:
         _die(str(e))
     return QuickConfig(path=path, interface=interface, config=parsed, stripped=strip_text(text))
@@ -272,16 +274,43 @@ def _proc_start(pid: int) -> str:
         return ""
 
 
-def daemon_pid(interface: str) -> int:
-    """The PID of the process serving the interface's UAPI socket (SO_PEERCRED), 0 if none answers."""
+def _socket_inodes(path: str) -> set[str]:
+    """Inodes of the listening Unix sockets bound to `path` in this network namespace (/proc/net/unix)."""
+    inodes = set()
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(2)
-            s.connect(client.socket_path(interface))
-            pid, _uid, _gid = struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-            return pid
+        with open("/proc/net/unix") as f:
+            next(f, None)
+            for line in f:
+                fields = line.split()
+                if len(fields) >= 8 and fields[7] == path:
+                    inodes.add(fields[6])
     except OSError:
+        pass
+    return inodes
+
+
+def daemon_pid(interface: str) -> int:
+    """The PID of the process holding the interface's UAPI socket, 0 if none.
+
+    Not SO_PEERCRED: that names the process that called listen(), and daemons that fork after binding (both
+    wireguard-go and wgpyd) have left that one behind. The holder is found by the socket's inode instead.
+    """
+    path = client.socket_path(interface)
+    wanted = {f"socket:[{inode}]" for inode in _socket_inodes(path)}
+    if not wanted:
         return 0
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            for fd in os.listdir(f"/proc/{entry}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{entry}/fd/{fd}") in wanted:
+                        return int(entry)
+        except OSError:
+            continue
+    return 0
 
 
 def _alive(pid: int, start: str) -> bool:
@@ -784,7 +813,7 @@ def _command(name: str, action: Callable[[QuickConfig], None]) -> Callable[[list
             sys.stderr.write(f"{PROGRAM}: `{PROGRAM} {name}' must be run as root\n")
             return 1
         try:
-            action(parse_options(args[0]))
+            action(parse_options(args[0], validate=name != "strip"))
         except QuickError as e:
             sys.stderr.write(f"{PROGRAM}: {e}\n")
             return 1
