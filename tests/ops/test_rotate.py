@@ -145,3 +145,18 @@ def test_rotate_every_loops(server: Target, tmp_path: Path, monkeypatch: pytest.
     assert COMMANDS["rotate"](["psk", server.interface, "--config", str(server.path), "--every", "12h"]) == 0
     assert sleeps == [43200.0] * 3
     assert len(set(seen)) == 3  # a new PSK every round
+
+
+def test_unnamed_psk_rotation_skips_peers_configured_elsewhere(server: Target) -> None:
+    text = provision.ConfigText.load(server.path)
+    foreign = keys.public_key(keys.generate_private_key())
+    foreign_psk = keys.generate_preshared_key()
+    text.append_block(["[Peer]", "# friendly_name = elsewhere", f"PublicKey = {keys.to_base64(foreign)}",
+                       f"PresharedKey = {keys.to_base64(foreign_psk)}", "AllowedIPs = 10.8.0.99/32"])
+    text.save()
+    done = rotate.rotate_psk(server)
+    assert sorted(r.peer.friendly_name or "" for r in done) == ["a", "b"]
+    assert wgconfig.load(str(server.path)).peers[2].preshared_key == foreign_psk
+    (named,) = rotate.rotate_psk(server, ["elsewhere"])
+    assert named.client_path is None
+    assert wgconfig.load(str(server.path)).peers[2].preshared_key != foreign_psk

@@ -7,8 +7,12 @@ Preshared keys (``wgpy rotate psk``)
     packet is lost: a PSK is used only by the next handshake, current sessions keep their keys, and a handshake
     that fails because the other end is not updated yet is retried while the old session still carries data
     (it stays valid for REJECT_AFTER_TIME). ``--apply-client NAME=IFACE`` also updates a client interface this
-    host runs. ``--from-file``/``--stdin`` take an externally negotiated PSK (Rosenpass-style, base64) for one
-    peer and apply it the same way, atomically.
+    host runs. Without ``--peer``, only peers with a client configuration issued here are rotated: a peer
+    configured elsewhere would lose the tunnel at its next handshake. The other end still has to *receive* its
+    re-issued file: a scheduled rotation (``--every``, the contrib timer) suits clients whose configuration is
+    delivered automatically (configuration management, clients on this host); a phone that scanned a QR code
+    must scan the new one. ``--from-file``/``--stdin`` take an externally negotiated PSK (Rosenpass-style,
+    base64) for one peer and apply it the same way, atomically.
 
 Client static keys (``wgpy rotate client-key`` then ``wgpy rotate finish``)
     WireGuard gives each AllowedIPs prefix to exactly one peer, so the old and the new key cannot both own the
@@ -153,12 +157,18 @@ def rotate_psk(
     client_interfaces: dict[str, str] | None = None,
     audit: AuditLog | None = None,
 ) -> list[PskRotation]:
-    """Rotate the PSK of `peers` (names or public keys; default all). `psk` given: exactly one peer."""
+    """Rotate the PSK of `peers` (names or public keys; default: every peer with an issued client
+    configuration). `psk` given: exactly one peer."""
     client_interfaces = client_interfaces or {}
     server = ConfigText.load(target.path)
     cfg = server.parse()
     server_key = server_public_key(cfg)
-    selected = [find_peer(cfg, who) for who in peers] if peers else list(cfg.peers)
+    if peers:
+        selected = [find_peer(cfg, who) for who in peers]
+    else:
+        # Unnamed: only the peers whose other end this host manages (an issued client configuration). A peer
+        # configured elsewhere would lose the tunnel at its next handshake; name it explicitly to include it.
+        selected = [p for p in cfg.peers if issued_client(target, p, server_key) is not None]
     if psk is not None and len(selected) != 1:
         raise ProvisionError("an externally supplied PSK is for exactly one peer: name it with --peer")
     if not selected:
