@@ -20,6 +20,7 @@ import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 
@@ -57,7 +58,6 @@ _TYPE_RESPONSE = 2
 _TYPE_COOKIE_REPLY = 3
 _TYPE_TRANSPORT = 4
 _HEADER_WORD = struct.Struct("<I")
-_RECEIVER_COUNTER = struct.Struct("<IQ")
 _U16BE = struct.Struct(">H")
 _ZEROS = bytes(16)
 # Linux's MAX_TIMER_HANDSHAKES: retries before giving up on a handshake attempt.
@@ -637,41 +637,54 @@ class Device:
 
     def receive(self, datagrams: Iterable[tuple[bytes, Endpoint]], now: float, wall: float) -> None:
         """Datagrams from the network. Transport messages are decrypted in a tight loop; the per-peer work that
-        follows (key confirmation, roaming, timers) runs once per peer per call."""
+        follows (key confirmation, roaming, timers) runs once per peer per call.
+
+        Order of checks for transport data, as in the references: length and type, a known receiver index, a live
+        keypair, a cheap look at the replay window, authentication, and only then check-and-mark the counter.
+        """
         keypairs = self._keypairs
-        unpack = _RECEIVER_COUNTER.unpack_from
+        header = TRANSPORT_HEADER.unpack_from
         word = _HEADER_WORD.unpack_from
+        u16 = _U16BE.unpack_from
         nonce = NONCE.pack
-        stats = self.stats
-        drops = stats.drops
-        out_packets = self._packets
+        drops = self.stats.drops
+        emit = self._packets.append
         lookup_src = self.allowed_ips.lookup_src
-        touched: dict[Peer, tuple[Keypair, Endpoint, int, int]] = {}
+        reject_time = self.t.reject_after_time
+        reject_messages = self.t.reject_after_messages
+        # Per-peer accumulators [the peer's unconfirmed `next` keypair if a packet arrived on it, source, rx bytes,
+        # data packets]; `state` is the current peer's, so a run of packets from one peer costs no dict lookup.
+        touched: dict[Peer, list[Any]] = {}
+        current: Peer | None = None
+        state: list[Any] = []
         last_src: bytes | None = None
         last_src_peer: Peer | None = None
         for data, source in datagrams:
             size = len(data)
-            if size < 4:
-                drops[DropReason.MALFORMED] += 1
-                continue
-            kind = word(data, 0)[0]
-            if kind != _TYPE_TRANSPORT:
+            if size < TRANSPORT_MIN_SIZE or data[0] != _TYPE_TRANSPORT:
+                if size < 4:
+                    drops[DropReason.MALFORMED] += 1
+                    continue
+                kind = word(data, 0)[0]
+                if kind == _TYPE_TRANSPORT:
+                    drops[DropReason.MALFORMED] += 1
+                    continue
                 if touched:
                     # Keep the order of effects: a handshake message after data for the same peer must see the
                     # bookkeeping of that data.
                     self._finish_receive(touched, now, wall)
-                    touched = {}
+                    touched, current = {}, None
                 self._receive_handshake_message(kind, data, source, now, wall)
                 continue
-            if size < TRANSPORT_MIN_SIZE:
-                drops[DropReason.MALFORMED] += 1
+            kind, receiver, counter = header(data, 0)
+            if kind != _TYPE_TRANSPORT:  # non-zero reserved bytes
+                drops[DropReason.UNKNOWN_TYPE] += 1
                 continue
-            receiver, counter = unpack(data, 4)
             kp = keypairs.get(receiver)
             if kp is None:
                 drops[DropReason.UNKNOWN_INDEX] += 1
                 continue
-            if now - kp.created >= self.t.reject_after_time or counter >= self.t.reject_after_messages:
+            if now - kp.created >= reject_time or counter >= reject_messages:
                 drops[DropReason.KEY_EXPIRED] += 1
                 continue
             replay = kp.replay
@@ -687,59 +700,57 @@ class Device:
                 drops[DropReason.REPLAY] += 1
                 continue
             peer: Peer = kp.peer  # type: ignore[assignment]
-            previous = touched.get(peer)
-            data_count = previous[3] if previous else 0
-            rx = (previous[2] if previous else 0) + size
-            if plain:
-                packet = self._validate_inner(plain)
-                if packet is None:
+            if peer is not current:
+                current = peer
+                found = touched.get(peer)
+                if found is None:
+                    found = touched[peer] = [None, source, 0, 0]
+                state = found
+            if kp is peer.next_keypair:
+                state[0] = kp
+            state[1] = source
+            state[2] += size
+            if not plain:
+                continue  # a keepalive
+            # The inner packet: IPv4 or IPv6 with a length that fits, trimmed of its padding.
+            n = len(plain)
+            version = plain[0] >> 4
+            if version == 4 and n >= 20:
+                length = u16(plain, 2)[0]
+                if length < 20 or length > n:
                     drops[DropReason.INVALID_INNER] += 1
-                    touched[peer] = (kp, source, rx, data_count)
                     continue
-                # Source filtering, with the last answer of this call remembered (a batch is mostly one flow).
-                key = packet[12:16] if packet[0] >> 4 == 4 else packet[8:24]
-                if key != last_src or peer is not last_src_peer:
-                    if lookup_src(packet) is not peer:
-                        drops[DropReason.SOURCE_NOT_ALLOWED] += 1
-                        touched[peer] = (kp, source, rx, data_count)
-                        continue
-                    last_src, last_src_peer = key, peer
-                out_packets.append(packet)
-                data_count += 1
-            touched[peer] = (kp, source, rx, data_count)
+                key = plain[12:16]
+            elif version == 6 and n >= 40:
+                length = 40 + u16(plain, 4)[0]
+                if length > n:
+                    drops[DropReason.INVALID_INNER] += 1
+                    continue
+                key = plain[8:24]
+            else:
+                drops[DropReason.INVALID_INNER] += 1
+                continue
+            # Source filtering, with the last answer of this call remembered (a batch is mostly one flow).
+            if key != last_src or peer is not last_src_peer:
+                if lookup_src(plain) is not peer:
+                    drops[DropReason.SOURCE_NOT_ALLOWED] += 1
+                    continue
+                last_src, last_src_peer = key, peer
+            emit(plain if length == n else plain[:length])
+            state[3] += 1
         if touched:
             self._finish_receive(touched, now, wall)
 
-    @staticmethod
-    def _validate_inner(plain: bytes) -> bytes | None:
-        """Trim the padding using the inner header's own length, and reject anything that is not IP."""
-        n = len(plain)
-        version = plain[0] >> 4
-        if version == 4:
-            if n < 20:
-                return None
-            length = _U16BE.unpack_from(plain, 2)[0]
-            if length < 20 or length > n:
-                return None
-        elif version == 6:
-            if n < 40:
-                return None
-            length = 40 + _U16BE.unpack_from(plain, 4)[0]
-            if length > n:
-                return None
-        else:
-            return None
-        return plain if length == n else plain[:length]
-
-    def _finish_receive(self, touched: dict[Peer, tuple[Keypair, Endpoint, int, int]], now: float, wall: float) -> None:
+    def _finish_receive(self, touched: dict[Peer, list[Any]], now: float, wall: float) -> None:
         stats = self.stats
-        for peer, (kp, source, rx, data_count) in touched.items():
+        for peer, (on_next, source, rx, data_count) in touched.items():
             peer.rx_bytes += rx
             peer.last_received = now
             stats.packets_received += data_count
             self._update_endpoint(peer, source)
-            if kp is peer.next_keypair:
-                self._confirm(peer, kp, now, wall)
+            next_keypair = peer.next_keypair
+            if next_keypair is not None and on_next is next_keypair:
+                self._confirm(peer, next_keypair, now, wall)
             self._timers_any_authenticated_packet_received(peer)
             self._timers_any_authenticated_packet_traversal(peer, now)
             if data_count:
