@@ -274,3 +274,42 @@ def test_keylog_file_created_private_with_warning(netlab: Lab, tmp_path: Path) -
     out = ns.run([WGPYD, "--keylog", str(keylog), iface])
     assert "key log is ON" in out.stderr
     assert keylog.exists() and keylog.stat().st_mode & 0o777 == 0o600
+
+
+ADOPT = r"""
+import os, socket, sys
+from wgpy.linux.tun import Tun
+name = sys.argv[1]
+tun = Tun.create(name, mtu=1300)
+tun_fd = os.dup(tun.fd)
+listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+listener.bind(f"/var/run/wireguard/{name}.sock")
+listener.listen()
+uapi_fd = os.dup(listener.fileno())
+for fd in (tun_fd, uapi_fd):
+    os.set_inheritable(fd, True)
+os.environ.update(WG_TUN_FD=str(tun_fd), WG_UAPI_FD=str(uapi_fd), WG_PROCESS_FOREGROUND="1")
+os.execvp("wgpyd", ["wgpyd", name])
+"""
+
+
+@pytest.mark.netns
+def test_adopts_wg_tun_fd_and_wg_uapi_fd(netlab: Lab) -> None:
+    """wireguard-go's hand-over: an already open TUN and listening UAPI socket passed by file descriptor."""
+    ns = netlab.namespace()
+    iface = netlab.interface()
+    proc = ns.popen(["python3", "-c", ADOPT, iface], env={"LOG_LEVEL": "verbose"},
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    def answers() -> bool:
+        try:
+            return uapi(iface, "get=1\n\n", timeout=1).endswith("errno=0\n\n")
+        except OSError:
+            return False
+
+    wait_until(answers, 20, "the adopted UAPI socket to answer")
+    assert ns.run(["cat", f"/sys/class/net/{iface}/mtu"]).stdout.strip() == "1300"
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=10)
+    assert proc.returncode == 0, out.decode()
+    assert not (WG_RUN_DIR / f"{iface}.sock").exists() and not link_exists(ns, iface)
