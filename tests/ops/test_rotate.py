@@ -160,3 +160,17 @@ def test_unnamed_psk_rotation_skips_peers_configured_elsewhere(server: Target) -
     (named,) = rotate.rotate_psk(server, ["elsewhere"])
     assert named.client_path is None
     assert wgconfig.load(str(server.path)).peers[2].preshared_key != foreign_psk
+
+
+def test_external_psk_from_stdin(server: Target, monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    psk = keys.generate_preshared_key()
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"  {keys.to_base64(psk)}\n"))
+    assert COMMANDS["rotate"](["psk", server.interface, "--config", str(server.path), "--peer", "a",
+                               "--stdin"]) == 0
+    assert wgconfig.load(str(server.path)).peers[0].preshared_key == psk
+    monkeypatch.setattr("sys.stdin", io.StringIO("not a key\n"))
+    assert COMMANDS["rotate"](["psk", server.interface, "--config", str(server.path), "--peer", "a",
+                               "--stdin"]) == 1
+    assert wgconfig.load(str(server.path)).peers[0].preshared_key == psk
