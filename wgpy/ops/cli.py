@@ -71,6 +71,12 @@ def _run(fn: Callable[[], int]) -> int:
     except uapi.UapiError as e:
         print(f"wgpy: the interface refused the change: {e.strerror}", file=sys.stderr)
         return 1
+    except OSError as e:
+        print(f"wgpy: {e.filename or 'error'}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    except ValueError as e:  # ipaddress and date parsing: messages name the bad value, never a key
+        print(f"wgpy: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 
