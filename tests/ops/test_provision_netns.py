@@ -47,8 +47,10 @@ def write_server(path: Path, address4: str, address6: str | None, port: int) -> 
     )
 
 
-def up(ns: Namespace, conf: Path, daemon: str = "wireguard-go") -> None:
-    ns.run(["wg-quick", "up", str(conf)], env={"WG_QUICK_USERSPACE_IMPLEMENTATION": daemon})
+def up(ns: Namespace, conf: Path, daemon: str = "wireguard-go", tool: str = "wg-quick") -> None:
+    """Bring `conf` up with Debian's wg-quick or with `wgpy up` (tool="wgpy")."""
+    command = ["wg-quick", "up", str(conf)] if tool == "wg-quick" else ["wgpy", "up", str(conf)]
+    ns.run(command, env={"WG_QUICK_USERSPACE_IMPLEMENTATION": daemon})
 
 
 def peer(*args: str) -> None:
@@ -161,3 +163,17 @@ def test_site_to_site_subnets_reach_each_other(netlab: Lab, tmp_path: Path, daem
     lan_b.wait_ping("10.10.0.2")
     assert lan_b.ping("10.10.0.2").returncode == 0
     assert lan_a.ping("10.20.0.2").returncode == 0
+
+
+def test_road_warrior_with_wgpy_up(netlab: Lab, tmp_path: Path) -> None:
+    """The same provisioning, with both ends brought up by `wgpy up` (wgpyd) instead of wg-quick."""
+    server, client = netlab.namespace(), netlab.namespace()
+    netlab.veth(server, ["198.18.63.1/24"], client, ["198.18.63.2/24"])
+    siface = netlab.interface()
+    conf = tmp_path / f"{siface}.conf"
+    write_server(conf, "10.63.0.1/24", "fd00:63::1/64", 51863)
+    up(server, conf, "wgpyd", tool="wgpy")
+    peer("add", siface, "laptop", "--config", str(conf), "--endpoint", "198.18.63.1:51863", "--no-dns", "--no-qr")
+    up(client, client_conf(tmp_path, siface, "laptop", netlab.interface()), "wgpyd", tool="wgpy")
+    client.wait_ping("10.63.0.1")
+    assert client.ping("fd00:63::1").returncode == 0
