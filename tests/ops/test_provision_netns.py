@@ -34,7 +34,12 @@ def daemon(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def netlab() -> Iterator[Lab]:
     with lab() as the_lab:
-        yield the_lab
+        try:
+            yield the_lab
+        finally:
+            # `wgpy up` records what it did per interface; the namespaces go away, so do our records.
+            for name in the_lab.interfaces:
+                Path(f"/var/run/wgpy/{name}.json").unlink(missing_ok=True)
 
 
 def write_server(path: Path, address4: str, address6: str | None, port: int) -> None:
