@@ -215,7 +215,9 @@ def sync_change(change: DeviceChange, runtime: client.DeviceState) -> None:
     """wg's sync_conf: remove runtime peers absent from the file, keep the others (their sessions live on).
 
     A peer in both keeps its session because it is updated in place, never removed and re-added; a preshared
-    key or persistent keepalive the file no longer sets is cleared explicitly.
+    key or persistent keepalive the file no longer sets is cleared explicitly. That last step is current
+    wireguard-tools' behaviour; Debian's wg 1.0.20210914 predates it and leaves the old values in place, so a
+    device synced with it does not match its file. wgpy makes the device match the file.
     """
     if not change.peers or not runtime.peers:
         return
