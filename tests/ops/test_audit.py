@@ -90,6 +90,8 @@ def test_unknown_kind_or_actor_refused(tmp_path: Path) -> None:
         log.event("peer_added", actor="root")
     with pytest.raises(AuditError):
         log.event("peer_added", actor="cli", ts="forged")
+    with pytest.raises(AuditError, match="reason"):
+        log.event("handshake_rejected", actor="daemon", endpoint="198.18.0.1:1")
     log.close()
 
 

@@ -158,6 +158,8 @@ class AuditLog:
             raise AuditError(f"unknown audit event kind {kind!r}") from None
         if actor not in ACTORS:
             raise AuditError(f"unknown audit actor {actor!r} (one of {', '.join(sorted(ACTORS))})")
+        if kind == AuditEvent.HANDSHAKE_REJECTED and not fields.get("reason"):
+            raise AuditError("a handshake_rejected event needs a reason")
         checked = validate_fields(fields)
         return {"ts": rfc3339(self._clock()), "event": kind, "actor": actor, **checked}
 
