@@ -35,6 +35,7 @@ from wgpy.uapi import client as uapi
 
 DEFAULT_PORT = 9586
 DEFAULT_ADDRESS = "127.0.0.1"
+NO_STATS_RETRY = 300.0
 CONFIG_DIR = Path("/etc/wireguard")
 
 
@@ -72,6 +73,9 @@ class WireGuardCollector(Collector):
         self.config_dir = config_dir
         self.clock = clock
         self.wgpy_stats = wgpy_stats
+        # Interfaces whose daemon did not answer wgpy_stats=1, and until when we stop asking (wireguard-go logs
+        # every unknown request; an interface may be restarted under another daemon, hence not forever).
+        self._no_stats_until: dict[str, float] = {}
 
     def friendly_names(self, interface: str) -> dict[bytes, str]:
         """Public key -> friendly name from the interface's configuration (read on every scrape, so edits by
@@ -128,7 +132,11 @@ class WireGuardCollector(Collector):
                 if seconds:
                     delay.add_sample("wireguard_latest_handshake_delay_seconds", labels,
                                      max(0.0, now - (seconds + peer.last_handshake[1] / 1e9)))
-            stats = _stats(interface) if self.wgpy_stats else None
+            stats = None
+            if self.wgpy_stats and self._no_stats_until.get(interface, 0.0) <= now:
+                stats = _stats(interface)
+                if stats is None:
+                    self._no_stats_until[interface] = now + NO_STATS_RETRY
             for name, value in (stats or {}).items():
                 if name.startswith("drop_"):
                     drops.add_metric([interface, name[len("drop_"):]], value)
