@@ -5,10 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+import random
 import stat
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from wgpy import config as wgconfig
 from wgpy import keys
@@ -214,3 +217,36 @@ def test_concurrent_adds_serialise(server: Target) -> None:
     assert sorted(p.friendly_name or "" for p in cfg.peers[2:]) == sorted(names)
     addresses = [str(n) for p in cfg.peers for n in p.allowed_ips]
     assert len(addresses) == len(set(addresses))
+
+
+_filler = st.sampled_from(["\n", "# a comment\n", "   \n", "# key-like = comment\n", "#\n"])
+
+
+@st.composite
+def server_texts(draw: st.DrawFn) -> str:
+    k = keys.to_base64
+    lines = [*draw(st.lists(_filler, max_size=2)), "[Interface]\n", "Address = 10.3.0.1/24\n",
+             *draw(st.lists(_filler, max_size=2)), f"PrivateKey = {k(keys.generate_private_key())}\n"]
+    for n in range(draw(st.integers(min_value=0, max_value=3))):
+        lines += draw(st.lists(_filler, max_size=2))
+        lines += ["[Peer]\n", *draw(st.lists(_filler, max_size=1)),
+                  draw(st.sampled_from(["PublicKey = {}\n", "PublicKey={}\n", "  PublicKey =  {}  # me\n"]))
+                  .format(k(keys.public_key(keys.generate_private_key()))),
+                  f"AllowedIPs = 10.3.0.{10 + n}/32\n"]
+    lines += draw(st.lists(_filler, max_size=2))
+    return "".join(lines)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(server_texts(), st.integers(min_value=1, max_value=3), st.randoms(use_true_random=False))
+def test_add_then_remove_restores_every_byte(tmp_path: Path, text: str, count: int, rnd: random.Random) -> None:
+    path = tmp_path / f"h{rnd.randrange(10**9)}.conf"
+    path.write_text(text)
+    target = Target(path, "wgh-not-running")
+    names = [f"n{i}" for i in range(count)]
+    for name in names:
+        provision.add_peer(target, AddRequest(name, endpoint="h:1"))
+    rnd.shuffle(names)
+    for name in names:
+        provision.remove_peer(target, name)
+    assert path.read_text() == text.replace("[Interface]\n", "[Interface]\n# endpoint = h:1\n", 1)

@@ -202,10 +202,13 @@ class ConfigText:
 
     # edits ----------------------------------------
     def append_block(self, block: Sequence[str]) -> None:
-        """Append a section after one blank line, leaving every existing byte in place."""
+        """Append a section after one blank line, leaving every existing byte in place.
+
+        The blank line is added even after a blank line, so that removing the section (which takes the blank
+        line before a last section with it) gives back the original bytes."""
         if self.lines and not self.lines[-1].endswith("\n"):
             self.lines[-1] += "\n"
-        if self.lines and self.lines[-1].strip():
+        if self.lines:
             self.lines.append("\n")
         self.lines.extend(line + "\n" for line in block)
 
