@@ -203,3 +203,14 @@ def test_listen_port_rebinds_at_runtime(netlab: Lab) -> None:
     assert ours.uapi("set=1\nlisten_port=47000\n\n") == "errno=-98\n\n"
     assert ours.wg("show", ours.iface, "listen-port").stdout.strip() == port
     blocker.kill()
+
+
+def test_private_key_stored_clamped_like_wireguard_go(netlab: Lab) -> None:
+    ours, theirs = twins(netlab)
+    for node in (ours, theirs):
+        assert node.uapi("set=1\nprivate_key=" + "aa" * 32 + "\n\n") == "errno=0\n\n"
+    assert ours.uapi("get=1\n\n").splitlines()[0] == theirs.uapi("get=1\n\n").splitlines()[0] == (
+        "private_key=a8" + "aa" * 30 + "6a")
+    for node in (ours, theirs):
+        assert node.uapi("set=1\nprivate_key=" + "00" * 32 + "\n\n") == "errno=0\n\n"
+        assert node.uapi("get=1\n\n").startswith("listen_port=")

@@ -32,6 +32,7 @@ from wgpy.uapi.request import (
 
 K1 = bytes(range(32))
 K2 = bytes(range(32, 64))
+K1C = bytes([0, *range(1, 31), 0x5F])  # K1 clamped
 
 
 def parse_set(*lines: str) -> SetRequest:
@@ -42,13 +43,13 @@ def parse_set(*lines: str) -> SetRequest:
 
 def test_every_key_in_order() -> None:
     request = parse_set(
-        f"private_key={K1.hex()}", "listen_port=51820", "fwmark=4294967295", "replace_peers=true",
+        f"private_key={K1C.hex()}", "listen_port=51820", "fwmark=4294967295", "replace_peers=true",
         f"public_key={K2.hex().upper()}", "update_only=true", f"preshared_key={K1.hex()}",
         "endpoint=[fd00::1%eth0]:0", "persistent_keepalive_interval=65535", "replace_allowed_ips=true",
         "allowed_ip=10.1.2.3/8", "allowed_ip=fd00::1/064", "protocol_version=1",
         f"public_key={K1.hex()}", "remove=true",
     )
-    assert request.device == (SetPrivateKey(K1), SetListenPort(51820), SetFwmark(0xFFFFFFFF), ReplacePeers())
+    assert request.device == (SetPrivateKey(K1C), SetListenPort(51820), SetFwmark(0xFFFFFFFF), ReplacePeers())
     assert request.peers == (
         PeerSection(K2, (
             UpdateOnly(), SetPresharedKey(K1), SetEndpoint(("fd00::1", 0)), SetPersistentKeepalive(65535),
@@ -58,6 +59,11 @@ def test_every_key_in_order() -> None:
         PeerSection(K1, (RemovePeer(),)),
     )
     assert request.peers[0].update_only and not request.peers[1].update_only
+
+
+def test_private_key_clamped_as_wireguard_go_stores_it() -> None:
+    request = parse_set("private_key=" + "aa" * 32)
+    assert request.device == (SetPrivateKey(bytes.fromhex("a8" + "aa" * 30 + "6a")),)
 
 
 def test_zero_keys_clear() -> None:

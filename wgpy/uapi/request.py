@@ -9,7 +9,8 @@ The accepted syntax and the errno of every refusal were measured against Debian'
 - every bad key or value answers ``errno=-22`` (-EINVAL); a line without ``=`` answers ``errno=-71`` (-EPROTO);
 - numbers are decimal without sign (Go's ``strconv.ParseUint``), leading zeros allowed; listen_port and
   persistent_keepalive_interval fit 16 bits, fwmark 32 bits;
-- keys are exactly 64 hex digits, either case; an all-zero private or preshared key clears it;
+- keys are exactly 64 hex digits, either case; an all-zero private or preshared key clears it; any other private
+  key is clamped (RFC 7748) as both wireguard-go and Linux store it, so ``get`` shows the clamped key;
 - booleans (``replace_peers``, ``remove``, ``update_only``, ``replace_allowed_ips``) accept only ``true``;
 - an endpoint is ``a.b.c.d:port`` or ``[v6]:port`` with an IP literal (no host names, no leading zeros in IPv4
   octets, an IPv6 zone is accepted and dropped), port 0-65535;
@@ -140,7 +141,12 @@ class SetRequest:
 
 @dataclass(frozen=True, slots=True)
 class StatsRequest:
-    """wgpy's extension ``wgpy_stats=1``: drop counters. ``wg`` never sends it, so it cannot confuse ``wg``."""
+    """wgpy's extension ``wgpy_stats=1``: the Device's drop and event counters as ``name=value`` lines.
+
+    ``wg`` rejects unknown keys in a ``get=1`` answer, so the counters cannot go there; ``wg`` never sends this
+    operation, so it cannot confuse ``wg``. wireguard-go hangs up on it without an answer (an unknown operation),
+    which is how a client tells a wgpy daemon from another one.
+    """
 
 
 Request = GetRequest | SetRequest | StatsRequest
@@ -169,6 +175,14 @@ def parse_key(value: str, what: str) -> bytes:
     if len(value) != 2 * KEY_LEN or not _HEX.issuperset(value):
         raise UapiError(EINVAL, f"failed to set {what}: not {2 * KEY_LEN} hex digits")
     return bytes.fromhex(value)
+
+
+def clamp(private: bytes) -> bytes:
+    """RFC 7748 clamping, as wireguard-go's ``FromMaybeZeroHex`` applies it to a non-zero private key."""
+    key = bytearray(private)
+    key[0] &= 248
+    key[31] = (key[31] & 127) | 64
+    return bytes(key)
 
 
 def parse_bool_true(value: str, what: str) -> None:
@@ -253,7 +267,7 @@ def parse_set(lines: list[str]) -> SetRequest:
         if current_key is None:
             if key == "private_key":
                 private = parse_key(value, "private_key")
-                device_ops.append(SetPrivateKey(None if private == bytes(KEY_LEN) else private))
+                device_ops.append(SetPrivateKey(None if private == bytes(KEY_LEN) else clamp(private)))
             elif key == "listen_port":
                 device_ops.append(SetListenPort(parse_uint(value, 16, "listen_port")))
             elif key == "fwmark":
