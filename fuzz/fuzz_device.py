@@ -25,7 +25,9 @@ Invariants, checked after every step:
 - an unauthenticated datagram produces no output except a cookie reply, and only when under load, sent to the
   datagram's source;
 - every inner packet handed to the TUN is IP and routed back (by its source address) to the peer that sent it;
-- ``send``: the NO_ROUTE drops are exactly the packets with no route; data for B decrypts with B's keys.
+- ``send``: the NO_ROUTE drops are exactly the packets with no route; data for B decrypts with B's keys;
+- configuration changes between datagrams (remove a peer, change the preshared or private key, move or clear
+  allowed IPs, keepalive, endpoint) never raise, and the invariants above keep holding after them.
 
     python3 fuzz/fuzz_device.py -runs=20000
 """
@@ -322,6 +324,7 @@ def _receive_checked(device: Device, datagrams: list[bytes], source: Endpoint, n
         for packet in packets:
             peer = device.allowed_ips.lookup_src(packet)
             assert peer is not None and peer.public_key in (PUB_B, PUB_C), "an inner packet from the wrong peer"
+            assert peer.rx_bytes > 0
             assert packet[0] >> 4 in (4, 6)
 
 
@@ -353,13 +356,39 @@ def _packets(fdp: atheris.FuzzedDataProvider) -> list[bytes]:
     return out
 
 
+def _reconfigure(fdp: atheris.FuzzedDataProvider, device: Device, now: float) -> None:
+    """What the UAPI can do between two datagrams. Outputs (new handshakes, keepalives) are allowed here."""
+    peers = {p.public_key: p for p in device.peers()}
+    target = peers.get((PUB_B, PUB_C, PUB_D)[fdp.ConsumeIntInRange(0, 2)])
+    change = fdp.ConsumeIntInRange(0, 6)
+    if target is None:
+        return
+    if change == 0:
+        device.remove_peer(target.public_key)
+    elif change == 1:
+        device.set_preshared_key(target, fdp.ConsumeBytes(32).ljust(32, b"\0") if fdp.ConsumeBool() else None)
+    elif change == 2:
+        device.set_private_key(KA if fdp.ConsumeBool() else KE, now)
+    elif change == 3:
+        device.add_allowed_ip(target, ipaddress.ip_network(("10.0.0.2/32", "10.0.0.0/8", "fd00::/64")[
+            fdp.ConsumeIntInRange(0, 2)]))
+    elif change == 4:
+        device.set_persistent_keepalive(target, fdp.ConsumeIntInRange(0, 30), now, WALL0 + now)
+    elif change == 5:
+        device.set_endpoint(target, (B_ADDR, C_ADDR, E_ADDR, None)[fdp.ConsumeIntInRange(0, 3)], now, WALL0 + now)
+    else:
+        device.clear_allowed_ips(target)
+    device.take_datagrams()
+    device.take_packets()
+
+
 def TestOneInput(data: bytes) -> None:
     fdp = atheris.FuzzedDataProvider(data)
     loaded = fdp.ConsumeBool()
     device, _ = _build_target(loaded, INIT_B, CONFIRM_B)
     now = START
     for _ in range(fdp.ConsumeIntInRange(1, 6)):
-        op = fdp.ConsumeIntInRange(0, 3)
+        op = fdp.ConsumeIntInRange(0, 4)
         if op == 0:
             _receive_checked(device, [_datagram(fdp)], _source(fdp), now, loaded)
         elif op == 1:
@@ -367,6 +396,8 @@ def TestOneInput(data: bytes) -> None:
             _receive_checked(device, batch, _source(fdp), now, loaded)
         elif op == 2:
             _send_checked(device, _packets(fdp), now)
+        elif op == 3:
+            _reconfigure(fdp, device, now)
         else:
             now += fdp.ConsumeIntInRange(0, 200_000) / 1000
             device.tick(now, WALL0 + now)
