@@ -110,6 +110,7 @@ class EventLoop:
         self.device = device
         self.socket_file = socket_file
         self.stop_reason: str | None = None
+        self.internal_errors = 0
         self.epoll = select.epoll()
         self.server = UapiServer(listener, self.handle_uapi, self.epoll)
         self.sockets = SocketControl(self._rebind, self._set_fwmark)
@@ -179,15 +180,21 @@ class EventLoop:
                 elif fd == self.wake_r:
                     self._drain_wakeup()
             now, wall = monotonic(), wall_clock()
-            # The data plane hands out memoryviews over its buffers where that saves a copy; the core only reads
-            # them through the buffer protocol.
-            if datagrams:
-                device.receive(cast("list[tuple[bytes, Endpoint]]", datagrams), now, wall)
-            if packets:
-                device.send(cast("list[bytes]", packets), now, wall)
-            deadline = device.next_deadline()
-            if deadline is not None and deadline <= now:
-                device.tick(now, wall)
+            try:
+                # The data plane hands out memoryviews over its buffers where that saves a copy; the core only
+                # reads them through the buffer protocol.
+                if datagrams:
+                    device.receive(cast("list[tuple[bytes, Endpoint]]", datagrams), now, wall)
+                if packets:
+                    device.send(cast("list[bytes]", packets), now, wall)
+                deadline = device.next_deadline()
+                if deadline is not None and deadline <= now:
+                    device.tick(now, wall)
+            except Exception:
+                # The core drops bad input silently; an exception here is a bug. One batch is lost, the tunnel
+                # and every other peer keep running.
+                self.internal_errors += 1
+                log.exception("internal error in the protocol core; batch dropped")
             self.flush()
         log.debug("Device closing: %s", self.stop_reason)
 
@@ -312,7 +319,16 @@ class EventLoop:
         if isinstance(request, GetRequest):
             return format_get(self.device), 0
         if isinstance(request, StatsRequest):
-            return format_stats(self.device), 0
+            # The shell's own counters follow the core's: nothing the daemon drops goes uncounted.
+            udp, tun = self.udp.stats, self.tun.stats
+            extra = {
+                "internal_errors": self.internal_errors,
+                "tun_read_errors": tun.read_errors,
+                "tun_write_errors": tun.write_errors,
+                "udp_send_errors": sum(udp.send_errors.values()),
+                "udp_recv_errors": sum(udp.recv_errors.values()),
+            }
+            return format_stats(self.device) + "".join(f"{k}={v}\n" for k, v in extra.items()), 0
         assert isinstance(request, SetRequest)
         apply_set(self.device, request, time.monotonic(), time.time(), self.sockets)
         log.debug("UAPI: set applied (%d device keys, %d peer sections)", len(request.device), len(request.peers))

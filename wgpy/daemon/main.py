@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         status = run(opts, ready_fd=ready_w)
     except BaseException:
+        daemon_log.logging.getLogger("wgpy.daemon").exception("wgpyd ended by an unexpected error")
         status = 1
     os._exit(status)
 
