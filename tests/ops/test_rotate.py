@@ -174,3 +174,17 @@ def test_external_psk_from_stdin(server: Target, monkeypatch: pytest.MonkeyPatch
     assert COMMANDS["rotate"](["psk", server.interface, "--config", str(server.path), "--peer", "a",
                                "--stdin"]) == 1
     assert wgconfig.load(str(server.path)).peers[0].preshared_key == psk
+
+
+def test_client_brings_its_new_key(server: Target) -> None:
+    own = keys.generate_private_key()
+    old = wgconfig.load(str(server.path)).peers[1]
+    before_client = server.client_path("b").read_text()
+    assert COMMANDS["rotate"](["client-key", server.interface, "b", "--config", str(server.path),
+                               "--public-key", keys.to_base64(keys.public_key(own))]) == 0
+    new = wgconfig.load(str(server.path)).peers[2]
+    assert new.public_key == keys.public_key(own) and new.preshared_key == old.preshared_key
+    assert server.client_path("b").read_text() == before_client  # nothing to re-issue: the key is the client's
+    (done,) = rotate.finish_rotations(server, force=True)
+    assert done.reason == "forced"
+    assert [p.public_key for p in wgconfig.load(str(server.path)).peers][1:] == [keys.public_key(own)]

@@ -482,6 +482,7 @@ def _rotate_client_key(argv: Sequence[str]) -> int:
     _add_target_args(p)
     p.add_argument("name")
     p.add_argument("--grace", help="how long the old key keeps working (default 7d)")
+    p.add_argument("--public-key", help="the client's own new public key (it keeps its private key to itself)")
     p.add_argument("--apply-client", metavar="IFACE", help="the client's interface, if it runs on this host")
     p.add_argument("--no-qr", action="store_true")
     p.add_argument("--qr-png")
@@ -492,11 +493,14 @@ def _rotate_client_key(argv: Sequence[str]) -> int:
     def go() -> int:
         grace = dt.timedelta(seconds=parse_duration(args.grace)) if args.grace else DEFAULT_GRACE
         r = rotate_client_key(_target(args), args.name, grace=grace, client_interface=args.apply_client,
+                              new_public_key=keys.from_base64(args.public_key) if args.public_key else None,
                               audit=_audit(args))
-        print(f"{r.name!r}: new key {keys.to_base64(r.new_public_key)}; client config re-issued at "
-              f"{r.client_path}; the old key works until {r.grace_until.isoformat()} or until the new one "
-              "handshakes and `wgpy rotate finish` runs", file=sys.stderr)
-        _print_qr(r.client_text, args.qr_png, args.qr_svg, not args.no_qr)
+        where = f"client config re-issued at {r.client_path}" if r.client_text else "the client keeps its own key"
+        print(f"{r.name!r}: new key {keys.to_base64(r.new_public_key)}; {where}; the old key works until "
+              f"{r.grace_until.isoformat()} or until the new one handshakes and `wgpy rotate finish` runs",
+              file=sys.stderr)
+        if r.client_text is not None:
+            _print_qr(r.client_text, args.qr_png, args.qr_svg, not args.no_qr)
         return 0
 
     return _run(go)

@@ -230,9 +230,9 @@ class ClientKeyRotation:
     name: str
     old_public_key: bytes
     new_public_key: bytes
-    client_path: Path
+    client_path: Path | None
     grace_until: dt.datetime
-    client_text: str = field(repr=False)
+    client_text: str | None = field(repr=False)  # the re-issued configuration (None: the client brought its key)
 
 
 @locked
@@ -241,10 +241,13 @@ def rotate_client_key(
     who: str,
     *,
     grace: dt.timedelta = DEFAULT_GRACE,
+    new_public_key: bytes | None = None,
     client_interface: str | None = None,
     audit: AuditLog | None = None,
     clock: Callable[[], float] = time.time,
 ) -> ClientKeyRotation:
+    """Start a client-key rotation. `new_public_key`: the client made its own new key pair (this host never
+    sees a client private key); the PSK then stays as it is, so the client only swaps its private key."""
     server = ConfigText.load(target.path)
     cfg = server.parse()
     server_key = server_public_key(cfg)
@@ -252,14 +255,22 @@ def rotate_client_key(
     if "rotating_to" in old.metadata or "rotating_from" in old.metadata:
         raise ProvisionError(f"peer {peer_label(old)!r} is being rotated already: run `wgpy rotate finish`")
     client = issued_client(target, old, server_key)
-    if client is None or PLACEHOLDER_PRIVATE_KEY in client.text.text:
+    client_brings_key = new_public_key is not None
+    if not client_brings_key and (client is None or PLACEHOLDER_PRIVATE_KEY in client.text.text):
         raise ProvisionError(
-            f"this host did not issue {peer_label(old)!r}'s private key: the client rotates it and brings the "
-            "new public key (`wgpy peer add --public-key`)"
+            f"this host did not issue {peer_label(old)!r}'s private key: the client makes its new key pair and "
+            "brings the public key (`wgpy rotate client-key ... --public-key KEY`)"
         )
-    new_private = keys.generate_private_key()
-    new_public = keys.public_key(new_private)
-    new_psk = keys.generate_preshared_key()
+    new_private: bytes | None = None
+    if new_public_key is None:
+        new_private = keys.generate_private_key()
+        new_public = keys.public_key(new_private)
+        new_psk: bytes | None = keys.generate_preshared_key()
+    else:
+        new_public = new_public_key
+        new_psk = old.preshared_key
+    if cfg.peer(new_public) is not None or new_public == server_key:
+        raise ProvisionError("that public key is in use already")
     until = _utcnow(clock) + grace
     name = old.friendly_name or "peer"
 
@@ -270,19 +281,22 @@ def rotate_client_key(
         f"# rotating_from = {keys.to_base64(old.public_key)}",
         f"# grace_until = {until.isoformat().replace('+00:00', 'Z')}",
         f"PublicKey = {keys.to_base64(new_public)}",
-        f"PresharedKey = {keys.to_base64(new_psk)}",
     ]
+    if new_psk is not None:
+        block.append(f"PresharedKey = {keys.to_base64(new_psk)}")
     server.append_block(block)
     server.parse()
 
-    client.text.set_value(client.text.interface_range(), "PrivateKey", keys.to_base64(new_private))
-    client.text.set_value(client.server_peer_range(server_key), "PresharedKey", keys.to_base64(new_psk),
-                          after="PublicKey")
-    _client_cfg(client)
+    if client is not None and new_private is not None:
+        client.text.set_value(client.text.interface_range(), "PrivateKey", keys.to_base64(new_private))
+        client.text.set_value(client.server_peer_range(server_key), "PresharedKey",
+                              keys.to_base64(new_psk) if new_psk else None, after="PublicKey")
+        _client_cfg(client)
     server.save(target.path)
-    _save_client(client)
+    if client is not None and new_private is not None:
+        _save_client(client)
     sync_live(target.interface, server.parse())
-    if client_interface is not None:
+    if client_interface is not None and new_private is not None:
         uapi.apply(client_interface, uapi.DeviceChange(
             private_key=new_private,
             peers=[uapi.PeerChange(public_key=server_key, update_only=True, preshared_key=new_psk)],
@@ -290,8 +304,10 @@ def rotate_client_key(
     if audit is not None:
         audit.event("key_rotated", actor="cli", old_public_key=keys.to_base64(old.public_key),
                     new_public_key=keys.to_base64(new_public), name=name, interface=target.interface,
-                    stage="started", grace_until=until.isoformat())
-    return ClientKeyRotation(name, old.public_key, new_public, client.path, until, client.text.text)
+                    stage="started", grace_until=until.isoformat(),
+                    generated_by="client" if client_brings_key else "wgpy")
+    return ClientKeyRotation(name, old.public_key, new_public, client.path if client else None, until,
+                             client.text.text if client is not None and new_private is not None else None)
 
 
 @dataclass
