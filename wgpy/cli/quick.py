@@ -14,7 +14,8 @@ The steps, their order, their messages and the kernel state they leave are those
 * With neither nft nor iptables-restore installed, the anti-spoofing firewall rules of a full tunnel are
   skipped with a warning (wg-quick would fail the whole `up`).
 
-Like wg-quick, `src_valid_mark` is set for full IPv4 tunnels and never reset: other tunnels may depend on it.
+Like wg-quick, `src_valid_mark` is set for full IPv4 tunnels; unlike wg-quick, `down` puts back the value it
+found, unless another full tunnel in the namespace still needs it.
 """
 
 from __future__ import annotations
@@ -678,7 +679,22 @@ def undo(nl: Netlink, state: State) -> None:
         _log(rule.describe().replace(" add", " delete", 1))
         with contextlib.suppress(NetlinkError):
             nl.delete_rule(rule)
+    _restore_sysctls(nl, state)
     _delete_link(nl, state.interface, state.daemon_pid, state.daemon_start, required=False)
+
+
+def _restore_sysctls(nl: Netlink, state: State) -> None:
+    """Put src_valid_mark back as it was, unless another full tunnel (a `not fwmark` rule) still needs it.
+
+    wg-quick never resets it; wgpy undoes its own change when that cannot break anyone else.
+    """
+    for path, before in state.sysctl.items():
+        if before in ("", "1") or any(r.invert and r.fwmark for r in nl.rules(socket.AF_INET)):
+            continue
+        name = path.removeprefix("/proc/sys/").replace("/", ".")
+        _log(f"sysctl -q {name}={before}")
+        with contextlib.suppress(OSError):
+            netlink.write_sysctl(path, before)
 
 
 def _delete_link(nl: Netlink, iface: str, pid: int, start: str, *, required: bool) -> None:
