@@ -202,3 +202,12 @@ def test_roaming_mid_transfer(netlab: Lab, mover: str) -> None:
     transfer(a, b, b.inner4, total=20 * 1024 * 1024, during=move)
     assert "198.18.0.77:" in b.wg("show", b.iface, "endpoints").stdout
 
+
+
+@pytest.mark.parametrize("family", ["4", "6"])
+def test_endpoint_set_over_uapi_starts_handshake_at_once(netlab: Lab, family: str) -> None:
+    """No packet waits: setting the endpoint alone makes wgpyd initiate (and the loop flush it) right away."""
+    a, b = make_pair(netlab, WGPYD, WIREGUARD_GO, family=family, a_knows_b=False, b_knows_a=False)
+    assert latest_handshake(a) == 0
+    a.wg("set", a.iface, "peer", b.public, "endpoint", b.endpoint(family))
+    wait_until(lambda: latest_handshake(b) > 0, 3, "the handshake started by the endpoint alone")

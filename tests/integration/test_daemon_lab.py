@@ -313,3 +313,27 @@ def test_adopts_wg_tun_fd_and_wg_uapi_fd(netlab: Lab) -> None:
     out, _ = proc.communicate(timeout=10)
     assert proc.returncode == 0, out.decode()
     assert not (WG_RUN_DIR / f"{iface}.sock").exists() and not link_exists(ns, iface)
+
+
+EPOLL_WAIT_SYSCALLS = {"232", "281", "441"}  # x86_64: epoll_wait, epoll_pwait, epoll_pwait2
+
+
+@pytest.mark.netns
+def test_idle_daemon_sleeps(netlab: Lab) -> None:
+    """No polling tick: with nothing to do the loop sleeps in epoll_wait with an infinite timeout (-1).
+
+    /proc/PID/syscall names the system call a sleeping process is in and its arguments; the fourth argument of
+    epoll_wait is the timeout.
+    """
+    node = _single(netlab)
+    node.wg("set", node.iface, "private-key", "/dev/stdin", "peer", genkey()[1], "allowed-ips", "10.9.0.0/16",
+            input=node.private)
+    [pid] = node.pids()
+    samples = []
+    for _ in range(20):
+        time.sleep(0.1)
+        fields = Path(f"/proc/{pid}/syscall").read_text().split()
+        if fields[0] in EPOLL_WAIT_SYSCALLS:
+            samples.append(int(fields[4], 16) & 0xFFFFFFFF)  # an int argument: the low 32 bits
+    assert len(samples) >= 15
+    assert set(samples) == {0xFFFFFFFF}  # -1: no timeout at all
