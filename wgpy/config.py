@@ -27,6 +27,8 @@ import os
 import re
 import socket
 import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
 
@@ -109,7 +111,11 @@ class Config:
 
 
 def parse_port(value: str) -> int:
-    """ListenPort / listen-port: a number 0-65535 or a UDP service name (wg asks getaddrinfo for either)."""
+    """ListenPort / listen-port: a number 0-65535 or a UDP service name (wg asks getaddrinfo for either).
+
+    Deliberately stricter than wg: glibc's getaddrinfo accepts any decimal number and truncates it to 16
+    bits, so `wg set wg0 listen-port 99999` silently listens on 34463. wgpy refuses numbers above 65535.
+    """
     if not value:
         raise ValueError("Unable to parse empty port")
     if value.isdigit() and value.isascii():
@@ -209,17 +215,44 @@ def check_endpoint(value: str) -> None:
         raise ValueError(f"Unable to parse empty endpoint host: `{value}'")
 
 
-def resolve_endpoint(endpoint: str) -> tuple[str, int]:
+def _resolution_retries() -> int:
+    """WG_ENDPOINT_RESOLUTION_RETRIES as wg reads it: a count, or "infinity" (-1); 15 by default."""
+    value = os.environ.get("WG_ENDPOINT_RESOLUTION_RETRIES")
+    if value is None:
+        return 15
+    if value == "infinity":
+        return -1
+    if not (value.isascii() and value.isdigit()) or int(value) > 2**31 - 1:
+        raise ValueError(f"Unable to parse WG_ENDPOINT_RESOLUTION_RETRIES: `{value}'")
+    return int(value)
+
+
+# getaddrinfo failures that no retry will fix (glibc's NameResolver notes, as wg's parse_endpoint uses them).
+_PERMANENT_GAI = {socket.EAI_NONAME, socket.EAI_FAIL, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
+
+
+def resolve_endpoint(endpoint: str, log: Callable[[str], object] | None = None) -> tuple[str, int]:
     """Resolve an endpoint like wg: getaddrinfo(AF_UNSPEC, UDP) and the first result wins.
 
-    Returns the canonical textual address (IPv6 compressed, no brackets) and the port. Raises ValueError with
-    wg's wording on failure.
+    Returns the canonical textual address (IPv6 compressed, no brackets) and the port. Transient failures
+    (no network yet at boot) are retried like wg, WG_ENDPOINT_RESOLUTION_RETRIES times (default 15) with a
+    growing pause, each announced through `log`. Raises ValueError with wg's wording on failure.
     """
     host, port = split_endpoint(endpoint)
-    try:
-        infos = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
-    except socket.gaierror as e:
-        raise ValueError(f"{e.strerror}: `{endpoint}'")
+    retries = _resolution_retries()
+    pause = 1.0
+    while True:
+        try:
+            infos = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+            break
+        except socket.gaierror as e:
+            if e.errno in _PERMANENT_GAI or retries == 0:
+                raise ValueError(f"{e.strerror}: `{endpoint}'")
+            retries -= 1 if retries > 0 else 0
+            if log is not None:
+                log(f"{e.strerror}: `{endpoint}'. Trying again in {pause:.2f} seconds...\n")
+            time.sleep(pause)
+            pause = min(20.0, pause * 6 / 5)
     for family, _type, _proto, _name, sockaddr in infos:
         if family in (socket.AF_INET, socket.AF_INET6):
             address = str(ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0]))

@@ -186,4 +186,5 @@ def test_missing_interface_errno_as_wg() -> None:
     with pytest.raises(UapiError) as err:
         client.get("wgpynosuch0")
     expected = subprocess.run(["wg", "show", "wgpynosuch0"], capture_output=True, text=True).stderr
+    assert err.value.errno is not None
     assert expected == f"Unable to access interface: {os.strerror(err.value.errno)}\n"

@@ -110,8 +110,7 @@ def read_key_file(path: str) -> bytes:
 
 
 def _resolve(value: str) -> client.Endpoint:
-    config.split_endpoint(value)
-    return config.resolve_endpoint(value)
+    return config.resolve_endpoint(value, log=sys.stderr.write)
 
 
 def parse_set_args(args: list[str]) -> DeviceChange:
@@ -197,7 +196,7 @@ def change_from_config(conf: Config, *, append: bool) -> DeviceChange:
         endpoint = None
         if peer.endpoint is not None:
             try:
-                endpoint = config.resolve_endpoint(peer.endpoint)
+                endpoint = config.resolve_endpoint(peer.endpoint, log=sys.stderr.write)
             except ValueError as e:
                 raise ConfigError(path, peer.line, f"Endpoint of this peer: {e}")
         change.peers.append(PeerChange(
