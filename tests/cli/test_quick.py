@@ -543,3 +543,46 @@ def test_full_tunnel_traffic(netlab: Lab, tmp_path: Path, impl: str) -> None:
     assert client_ns.ping("198.19.0.2", count=1).returncode != 0  # no route any more: nothing goes anywhere
     assert subprocess.run(["ip", "netns", "pids", client_ns.name], capture_output=True, text=True).stdout == ""
     assert server_veth  # the server side of the underlay was used above
+
+
+@pytest.mark.netns
+def test_daemon_that_fails_or_is_missing(netlab: Lab, tmp_path: Path) -> None:
+    side = Side(netlab, netlab.interface())
+    before = side.snapshot()
+    priv, _ = _key()
+    conf = write_conf(tmp_path, side.iface, variant_conf(VARIANTS["full"], priv))
+    failed = run_wgpy(side.ns, "up", str(conf), impl="false", check=False)
+    assert failed.returncode == 1
+    assert failed.stderr.splitlines()[-1] == f"wgpy: `false {side.iface}' failed with exit status 1"
+    missing = run_wgpy(side.ns, "up", str(conf), impl="no-such-wireguard-daemon", check=False)
+    assert missing.returncode == 1
+    assert missing.stderr.splitlines()[-1] == \
+        "wgpy: `no-such-wireguard-daemon' (WG_QUICK_USERSPACE_IMPLEMENTATION) is not installed"
+    assert_gone(side, before)
+
+
+@pytest.mark.netns
+def test_down_after_up_was_killed_midway(netlab: Lab, tmp_path: Path) -> None:
+    """`up` killed with SIGKILL during PostUp leaves its record; `down` undoes everything from it."""
+    side = Side(netlab, netlab.interface())
+    before = side.snapshot()
+    priv, _ = _key()
+    mark = tmp_path / "postup-started"
+    extra = f"PostUp = touch {mark}; sleep 60\n"
+    conf = write_conf(tmp_path, side.iface, variant_conf({**VARIANTS["full"], "extra": extra}, priv))
+    up = subprocess.Popen(side.ns.cmd([*WGPY, "up", str(conf)]), start_new_session=True,
+                          env={**os.environ, "WG_QUICK_USERSPACE_IMPLEMENTATION": "wireguard-go"},
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not mark.exists():
+            assert time.monotonic() < deadline and up.poll() is None, "up never reached PostUp"
+            time.sleep(0.05)
+    finally:
+        os.killpg(up.pid, 9)  # our own session: wgpy and its hook's bash and sleep, nothing else
+        up.wait(timeout=10)
+    record = json.loads(Path(quick.STATE_DIR_DEFAULT, f"{side.iface}.json").read_text())
+    assert not record["complete"] and len(record["rules"]) == 4 and record["nft_tables"]
+    down = run_wgpy(side.ns, "down", str(conf))
+    assert "ip -4 rule delete not fwmark 51820 table 51820" in down.stderr
+    assert_gone(side, before)

@@ -331,11 +331,17 @@ def _wait_daemon_exit(interface: str, pid: int, start: str) -> None:
         deadline = time.monotonic() + 2
         while _alive(pid, start) and time.monotonic() < deadline:
             time.sleep(0.05)
-    # A daemon that had to be killed leaves its socket behind; remove it only if nobody answers on it.
+    # A daemon that had to be killed leaves its socket behind; remove it only if nobody listens on it.
     path = client.socket_path(interface)
     if os.path.exists(path) and not daemon_pid(interface):
-        with contextlib.suppress(OSError):
-            os.unlink(path)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            try:
+                s.connect(path)
+            except ConnectionRefusedError:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            except OSError:
+                pass
 
 
 def _uapi_get(interface: str) -> client.DeviceState:
@@ -839,6 +845,10 @@ def _command(name: str, action: Callable[[QuickConfig], None]) -> Callable[[list
         except KeyboardInterrupt:
             sys.stderr.write(f"{PROGRAM}: interrupted\n")
             return 130
+        except (OSError, NetlinkError) as e:
+            # What no step expected (a vanished device mid-way, a full disk...): still one line, no traceback.
+            sys.stderr.write(f"{PROGRAM}: {getattr(e, 'strerror', None) or e}\n")
+            return 1
         return 0
 
     main.__name__ = f"{name}_main"
