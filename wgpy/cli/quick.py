@@ -326,6 +326,7 @@ def _wait_daemon_exit(interface: str, pid: int, start: str) -> None:
     for sig in (signal.SIGTERM, signal.SIGKILL):
         if not _alive(pid, start):
             break
+        _log(f"kill -{signal.Signals(sig).name.removeprefix('SIG')} {pid}  # the daemon outlived its link")
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
         deadline = time.monotonic() + 2
@@ -342,6 +343,11 @@ def _wait_daemon_exit(interface: str, pid: int, start: str) -> None:
                     os.unlink(path)
             except OSError:
                 pass
+
+
+def _ntop(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """inet_ntop's text, as iproute2 prints addresses (Python writes IPv4-mapped IPv6 differently)."""
+    return socket.inet_ntop(socket.AF_INET6 if address.version == 6 else socket.AF_INET, address.packed)
 
 
 def _uapi_get(interface: str) -> client.DeviceState:
@@ -588,7 +594,7 @@ class Up:
                f"add chain {pf} {nftable} premangle {{ type filter hook prerouting priority -150; }}\n"
                f"add chain {pf} {nftable} postmangle {{ type filter hook postrouting priority -150; }}\n")
         for address in self.nl.addresses(self.index, netlink.family_of(prefix)):
-            ip = address.ip.compressed
+            ip = _ntop(address.ip)
             restore += (f"-I PREROUTING ! -i {self.iface} -d {ip} -m addrtype ! --src-type LOCAL -j DROP "
                         f"{marker}\n")
             nft += (f'add rule {pf} {nftable} preraw iifname != "{self.iface}" {pf} daddr {ip} '
@@ -765,7 +771,7 @@ def save_config(qc: QuickConfig) -> None:
         index = nl.link_index(iface)
         addresses = nl.addresses(index) if index is not None else []
         mtu = nl.link_mtu(index) if index is not None else None
-    new += [f"Address = {a}\n" for a in addresses]
+    new += [f"Address = {_ntop(a.ip)}/{a.network.prefixlen}\n" for a in addresses]
     name = _resolvconf_prefix() + iface
     listed = ""
     if shutil.which("resolvconf"):
