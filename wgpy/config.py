@@ -161,10 +161,11 @@ def parse_persistent_keepalive(value: str) -> int:
     return seconds
 
 
-def parse_allowed_ips(value: str) -> list[Network]:
+def parse_allowed_ips(value: str, warn: Callable[[str], object] | None = None) -> list[Network]:
     """A comma-separated list of ``ip[/cidr]`` (no whitespace: callers strip it, like wg). Empty: no IPs.
 
-    Host bits are cleared, as the kernel and wireguard-go do when they store the prefix.
+    Host bits are cleared, as the kernel and wireguard-go do when they store the prefix; `warn` gets wg's
+    warning about them.
     """
     if not value:
         return []
@@ -185,7 +186,10 @@ def parse_allowed_ips(value: str) -> list[Network]:
                 raise ValueError(f"AllowedIP is not in the correct format: `{entry}'")
         else:
             cidr = address.max_prefixlen
-        result.append(ipaddress.ip_network(f"{address}/{cidr}", strict=False))
+        network = ipaddress.ip_network(f"{address}/{cidr}", strict=False)
+        if warn is not None and network.network_address != address:
+            warn(f"Warning: AllowedIP has nonzero host part: {ip_text}/{cidr_text}\n")
+        result.append(network)
     return result
 
 
@@ -287,8 +291,12 @@ def _parse_bool(value: str) -> bool:
     raise ValueError(f"`{value}' is neither true nor false")
 
 
-def parse(text: str, path: str = "<stdin>", *, wg_quick: bool = True) -> Config:
-    """Parse a configuration. `wg_quick=False`: wg-quick's keys are errors, as with `wg setconf`."""
+def parse(
+    text: str, path: str = "<stdin>", *, wg_quick: bool = True, warn: Callable[[str], object] | None = None
+) -> Config:
+    """Parse a configuration. `wg_quick=False`: wg-quick's keys are errors, as with `wg setconf`.
+
+    `warn` receives wg's warnings (an AllowedIP with host bits set), which are not errors."""
     config = Config(path=path)
     section: str | None = None
     peer: PeerConfig | None = None
@@ -361,7 +369,7 @@ def parse(text: str, path: str = "<stdin>", *, wg_quick: bool = True) -> Config:
                     check_endpoint(value)
                     peer.endpoint = value
                 elif key == "allowedips":
-                    peer.allowed_ips.extend(parse_allowed_ips(value))
+                    peer.allowed_ips.extend(parse_allowed_ips(value, warn))
                 else:
                     peer.persistent_keepalive = parse_persistent_keepalive(value)
             else:
@@ -418,7 +426,7 @@ def _parse_wg_quick_key(iface: InterfaceConfig, key: str, stripped: str, compact
         iface.save_config = _parse_bool(compact)
 
 
-def load(path: str, *, wg_quick: bool = True) -> Config:
+def load(path: str, *, wg_quick: bool = True, warn: Callable[[str], object] | None = None) -> Config:
     try:
         with open(path, encoding="utf-8", errors="strict") as f:
             text = f.read()
@@ -427,7 +435,7 @@ def load(path: str, *, wg_quick: bool = True) -> Config:
     except UnicodeDecodeError as e:
         line = text_line_of(path, e.start)
         raise ConfigError(path, line, "the file is not valid UTF-8 text")
-    return parse(text, path, wg_quick=wg_quick)
+    return parse(text, path, wg_quick=wg_quick, warn=warn)
 
 
 def text_line_of(path: str, offset: int) -> int:

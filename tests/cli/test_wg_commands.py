@@ -134,7 +134,8 @@ class Twins:
         `adjust` edits wg's result first, where wgpy deliberately differs from Debian's wg."""
         theirs = run(["wg", *[self.theirs if a == "IFACE" else a for a in args]])
         ours = run([*WGPY, *[self.ours if a == "IFACE" else a for a in args]])
-        assert (ours.returncode, ours.stdout) == (theirs.returncode, theirs.stdout), (args, ours, theirs)
+        assert (ours.returncode, ours.stdout, normalise_stderr(ours.stderr)) == (
+            theirs.returncode, theirs.stdout, theirs.stderr), (args, ours, theirs)
         assert ours.returncode == 0, ours.stderr
         ours_conf, theirs_conf = showconf(self.ours), showconf(self.theirs)
         if adjust is not None:
@@ -173,7 +174,7 @@ FwMark = 0x2a
 PublicKey = {B(p1)}
 PresharedKey = {B(psk1)}
 AllowedIPs = 10.1.0.0/16, fd00:1::/64
-AllowedIPs = 10.2.0.1/32
+AllowedIPs = 10.2.0.1/32, 10.2.9.9/24
 Endpoint = 198.18.5.5:51820
 PersistentKeepalive = 25
 
@@ -205,6 +206,7 @@ PersistentKeepalive = 7
     for args in (
         ["set", "IFACE", "peer", B(p4), "remove"],
         ["set", "IFACE", "peer", B(p2), "allowed-ips", ""],
+        ["set", "IFACE", "peer", B(p4), "allowed-ips", "10.4.5.6/16,fd00:4::1/64,10.4.0.9"],  # warns
         ["set", "IFACE", "peer", B(p1), "persistent-keepalive", "off", "endpoint", "[fd00:5::6]:1"],
         ["set", "IFACE", "private-key", new_private, "fwmark", "off"],
         ["set", "IFACE", "peer", B(p3), "preshared-key", psk_file, "allowed-ips", "10.9.0.0/16, fd00:9::/64"],

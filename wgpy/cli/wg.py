@@ -144,7 +144,7 @@ def parse_set_args(args: list[str]) -> DeviceChange:
         elif arg == "allowed-ips" and has_value and peer is not None:
             compact = "".join(c for c in value if c not in " \t\n\v\f\r")
             peer.replace_allowed_ips = True
-            peer.allowed_ips.extend(config.parse_allowed_ips(compact))
+            peer.allowed_ips.extend(config.parse_allowed_ips(compact, warn=sys.stderr.write))
         elif arg == "persistent-keepalive" and has_value and peer is not None:
             peer.persistent_keepalive = config.parse_persistent_keepalive(value)
         elif arg == "preshared-key" and has_value and peer is not None:
@@ -243,7 +243,7 @@ def setconf_main(argv: list[str], err: TextIO | None = None) -> int:
         return 1
     iface, path = argv[1], argv[2]
     try:
-        conf = config.load(path, wg_quick=False)
+        conf = config.load(path, wg_quick=False, warn=err.write)
         change = change_from_config(conf, append=command == "addconf")
     except ConfigError as e:
         err.write(f"{e}\n")
