@@ -348,8 +348,10 @@ def parse(
         key = _WHITESPACE_RE.sub("", name).lower()
         value = _WHITESPACE_RE.sub("", raw_value)
         try:
-            if not equals or section is None:
-                raise ValueError(f"Line unrecognized: `{_safe(cleaned)}'")
+            if not equals:
+                raise ValueError("Line unrecognized: neither a [Section] header nor a Key = Value line")
+            if section is None:
+                raise ValueError(f"Line unrecognized: {_key_name(name)} outside any [Interface] or [Peer] section")
             if section == "interface" and key in _INTERFACE_KEYS and value:
                 if key == "listenport":
                     iface.listen_port = parse_port(value)
@@ -375,19 +377,21 @@ def parse(
             else:
                 known = _INTERFACE_KEYS + WG_QUICK_KEYS if section == "interface" else _PEER_KEYS
                 if key in known and not value:
-                    raise ValueError(f"{name.strip()} has no value")
+                    raise ValueError(f"{_key_name(name)} has no value")
                 where = "[Interface]" if section == "interface" else "[Peer]"
                 hint = " (a wg-quick key: use wgpy up, or strip it)" if key in WG_QUICK_KEYS else ""
-                raise ValueError(f"Line unrecognized: unknown key `{name.strip()}' in {where}{hint}")
+                raise ValueError(f"Line unrecognized: unknown key {_key_name(name)} in {where}{hint}")
         except ValueError as e:
             raise ConfigError(path, number, str(e)) from None
     finish_peer()
     return config
 
 
-def _safe(cleaned: str) -> str:
-    """The offending line for an error message, unless it could hold a key (never print one)."""
-    return cleaned if len(cleaned) < 40 else cleaned[:20] + "..."
+def _key_name(name: str) -> str:
+    """A key name for an error message. Values are never echoed (they may be keys); a long unknown name may
+    be a pasted key that happens to end in '=', so only short names are repeated."""
+    name = _WHITESPACE_RE.sub("", name)
+    return f"`{name}'" if len(name) <= 24 else "(a long unknown name)"
 
 
 def _parse_wg_quick_key(iface: InterfaceConfig, key: str, stripped: str, compact: str) -> None:

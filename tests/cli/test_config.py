@@ -134,7 +134,8 @@ PEER = f"[Peer]\nPublicKey = {B(PUB1)}\n"
         (HEADER + "PublicKey = " + B(PUB1) + "\n", 3, "unknown key `PublicKey' in [Interface]"),
         (PEER + "Endpont = 1.2.3.4:5\n", 3, "unknown key `Endpont' in [Peer]"),
         ("ListenPort = 1\n", 1, "Line unrecognized"),
-        (HEADER + "garbage\n", 3, "Line unrecognized: `garbage'"),
+        (HEADER + "garbage\n", 3, "Line unrecognized: neither a [Section] header nor a Key = Value line"),
+        ("PrivateKey = x\n[Interface]\n", 1, "`PrivateKey' outside any [Interface] or [Peer] section"),
         (HEADER + "[Peers]\n", 3, "Line unrecognized"),
         (HEADER + "PrivateKey = abc\n", 3, "PrivateKey is not the correct length or format"),
         (PEER + "PresharedKey = " + "A" * 42 + "B=\n", 3, "PresharedKey is not the correct length"),
@@ -182,8 +183,12 @@ def test_key_errors_never_echo_the_key() -> None:
     almost = B(PRIV)[:-2] + "B="
     err = errors_for(f"[Interface]\nPrivateKey = {almost}\n")
     assert almost not in str(err) and almost[:30] not in str(err)
-    err = errors_for(f"[Interface]\n{B(PRIV)}\n")
-    assert B(PRIV) not in str(err)
+    for text in (f"[Interface]\n{B(PRIV)}\n", f"PrivateKey = {B(PRIV)}\n", f"PresharedKey={B(PSK)}\n",
+                 f"[Interface]\n{B(PRIV)} = 1\n", f"[Peer]\nPublicKey={B(PUB1)}\nPresharedKey = {B(PSK)[:-3]}\n",
+                 f"[Interface]\nPresharedKey = {B(PSK)}\n", f"[Interface]\nPrivateKey = {B(PRIV)[:-1]}#\n"):
+        message = str(errors_for(text))
+        for secret in (B(PRIV), B(PSK)):
+            assert not any(secret[i:i + 6] in message for i in range(len(secret) - 5)), message
 
 
 def test_unreadable_and_missing_files() -> None:
