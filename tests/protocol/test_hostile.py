@@ -372,13 +372,14 @@ def test_reprs_and_errors_hold_no_private_or_preshared_key() -> None:
     net.run_until(1)
     peer_a = peer_of(b, a)
     peer_b = peer_of(a, b)
-    net.send_ip(a, [])
-    # Leave a handshake in flight too (a initiates again once its session is old).
-    net.now = 130
-    ping(net, a, b, b"rekey")
+    # Leave a handshake in flight too: a initiates again once its session is old, and b does not hear it.
     for node in (a, b):
         node.device.events = []
+    b.online = False
+    net.now = 130
+    ping(net, a, b, b"rekey")
     net.run_until(131)
+    assert peer_b.handshake is not None
     assert a.device.private_key is not None and b.device.private_key is not None
     secrets = [a.device.private_key, b.device.private_key, PSK]
     objects: list[object] = [a.device, b.device, peer_a, peer_b, a.device.local, b.device.local, peer_a.remote,
