@@ -211,3 +211,24 @@ def test_endpoint_set_over_uapi_starts_handshake_at_once(netlab: Lab, family: st
     assert latest_handshake(a) == 0
     a.wg("set", a.iface, "peer", b.public, "endpoint", b.endpoint(family))
     wait_until(lambda: latest_handshake(b) > 0, 3, "the handshake started by the endpoint alone")
+
+
+@pytest.mark.parametrize("family", ["4", "6"])
+def test_replies_from_the_address_the_peer_wrote_to(netlab: Lab, family: str) -> None:
+    """wgpyd's host has two addresses; the peer writes to the second one. wireguard-go takes the source of every
+    authenticated packet as the new endpoint, so if wgpyd answered from its first (primary) address, the peer's
+    endpoint would move there."""
+    extra = "198.18.0.11" if family == "4" else "fd00:18::11"
+
+    def second_address(a: Node, b: Node) -> None:
+        veth = a.ns.run(["ip", "-o", "-4", "addr", "show", "to", a.outer4]).stdout.split()[1]
+        a.ns.run(["ip", "addr", "add", f"{extra}/{24 if family == '4' else 64}", "dev", veth,
+                  *([] if family == "4" else ["nodad"])])
+
+    a, b = make_pair(netlab, WGPYD, WIREGUARD_GO, family=family, a_knows_b=False, before_config=second_address)
+    target = f"{extra}:{a.port}" if family == "4" else f"[{extra}]:{a.port}"
+    b.wg("set", b.iface, "peer", a.public, "endpoint", target)
+    b.ns.wait_ping(a.inner4, 20)
+    assert b.ns.ping(a.inner6, count=5).returncode == 0
+    assert a.ns.ping(b.inner4, count=5).returncode == 0  # wgpyd-originated traffic too
+    assert b.wg("show", b.iface, "endpoints").stdout.split()[1] == target

@@ -8,6 +8,7 @@ test can show them.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -337,3 +338,24 @@ def test_idle_daemon_sleeps(netlab: Lab) -> None:
             samples.append(int(fields[4], 16) & 0xFFFFFFFF)  # an int argument: the low 32 bits
     assert len(samples) >= 15
     assert set(samples) == {0xFFFFFFFF}  # -1: no timeout at all
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("level", ["error", "silent", "verbose"])
+def test_log_levels_like_wireguard_go(netlab: Lab, level: str) -> None:
+    """``ERROR: (IFACE) YYYY/MM/DD HH:MM:SS message`` at the default and error levels, nothing when silent."""
+    ns = netlab.namespace()
+    iface = netlab.interface()
+    proc = ns.popen([WGPYD, "-f", iface], env={"LOG_LEVEL": level}, stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT)
+    wait_until(lambda: (WG_RUN_DIR / f"{iface}.sock").exists(), 20, "the UAPI socket")
+    assert uapi(iface, "set=1\nfoo=bar\n\n") == "errno=-22\n\n"
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=10)[0].decode()
+    error = re.compile(rf"^ERROR: \({iface}\) \d{{4}}/\d\d/\d\d \d\d:\d\d:\d\d IPC error -22: invalid UAPI device key",
+                       re.M)
+    if level == "silent":
+        assert out == ""
+    else:
+        assert error.search(out), out
+        assert ("DEBUG: " in out) == (level == "verbose"), out
