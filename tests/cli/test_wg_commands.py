@@ -372,3 +372,25 @@ def test_syncconf_keeps_sessions_of_unchanged_peers(kind: str) -> None:
         final = dict(line.split("\t") for line in run_ok(["wg", "show", iface, "latest-handshakes"])
                      .stdout.splitlines())
         assert all(final[k] == handshakes[k] for k in real)
+
+
+# --- the dispatcher -------------------------------------------------------------------------------------------
+
+
+def test_dispatch_to_other_modules_and_missing_ones(monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from wgpy.cli import main
+
+    assert main.main(["strip", "--help"]) == 0  # wgpy.cli.quick.COMMANDS["strip"] gets ["--help"]
+    assert "strip" in capsys.readouterr().err
+    monkeypatch.setitem(main.EXTERNAL, "up", ("wgpy.cli.no_such_module", "COMMANDS"))
+    assert main.main(["up", "wg0"]) == 1
+    assert capsys.readouterr().err == (
+        "wgpy: `up' is not available in this installation (wgpy.cli.no_such_module is missing)\n")
+    monkeypatch.setitem(main.EXTERNAL, "peer", ("wgpy.cli.terminal", "COMMANDS"))
+    assert main.main(["peer"]) == 1
+    assert "does not provide it" in capsys.readouterr().err
+    assert main.main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("wgpy v")
+    assert main.main(["nonsense"]) == 1
+    assert capsys.readouterr().err.startswith("Invalid subcommand: `nonsense'\nUsage: wgpy <cmd> [<args>]\n")
