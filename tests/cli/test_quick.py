@@ -277,7 +277,8 @@ def assert_same(a: dict[str, Any], b: dict[str, Any]) -> None:
 def assert_gone(side: Side, before: dict[str, Any]) -> None:
     """Nothing of the tunnel is left: the namespace is as it was, no process, socket or state file."""
     assert_same(side.snapshot(), before)
-    assert subprocess.run(["ip", "netns", "pids", side.ns.name], capture_output=True, text=True).stdout == ""
+    pids = subprocess.run(["ip", "netns", "pids", side.ns.name], capture_output=True, text=True).stdout.split()
+    assert [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in pids] == []
     assert not (WG_RUN_DIR / f"{side.iface}.sock").exists()
     assert not Path(quick.STATE_DIR_DEFAULT, f"{side.iface}.json").exists()
 
@@ -574,7 +575,7 @@ def test_down_after_up_was_killed_midway(netlab: Lab, tmp_path: Path) -> None:
     before = side.snapshot()
     priv, _ = _key()
     mark = tmp_path / "postup-started"
-    extra = f"PostUp = touch {mark}; sleep 60\n"
+    extra = f"PostUp = echo $$ > {mark}.tmp; mv {mark}.tmp {mark}; exec sleep 60\n"
     conf = write_conf(tmp_path, side.iface, variant_conf({**VARIANTS["full"], "extra": extra}, priv))
     up = subprocess.Popen(side.ns.cmd([*WGPY, "up", str(conf)]), start_new_session=True,
                           env={**os.environ, "WG_QUICK_USERSPACE_IMPLEMENTATION": "wireguard-go"},
@@ -585,10 +586,36 @@ def test_down_after_up_was_killed_midway(netlab: Lab, tmp_path: Path) -> None:
             assert time.monotonic() < deadline and up.poll() is None, "up never reached PostUp"
             time.sleep(0.05)
     finally:
-        os.killpg(up.pid, 9)  # our own session: wgpy and its hook's bash and sleep, nothing else
+        os.killpg(up.pid, 9)  # our own session: wgpy, nothing else
         up.wait(timeout=10)
+    os.kill(int(mark.read_text()), 9)  # the hook (in a session of its own), which wgpy could not end
     record = json.loads(Path(quick.STATE_DIR_DEFAULT, f"{side.iface}.json").read_text())
     assert not record["complete"] and len(record["rules"]) == 4 and record["nft_tables"]
     down = run_wgpy(side.ns, "down", str(conf))
     assert "ip -4 rule delete not fwmark 51820 table 51820" in down.stderr
+    assert_gone(side, before)
+
+
+@pytest.mark.netns
+def test_sigterm_during_up_undoes_it(netlab: Lab, tmp_path: Path) -> None:
+    """SIGTERM while PostUp runs: the hook is ended and everything `up` did is undone (wg-quick's trap)."""
+    side = Side(netlab, netlab.interface())
+    before = side.snapshot()
+    priv, _ = _key()
+    mark = tmp_path / "postup-started"
+    extra = f"PostUp = touch {mark}; sleep 60; true\n"
+    conf = write_conf(tmp_path, side.iface, variant_conf({**VARIANTS["full"], "extra": extra}, priv))
+    up = subprocess.Popen(side.ns.cmd([*WGPY, "up", str(conf)]), text=True,
+                          env={**os.environ, "WG_QUICK_USERSPACE_IMPLEMENTATION": "wireguard-go"},
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    netlab.processes.append(up)  # type: ignore[arg-type]
+    deadline = time.monotonic() + 30
+    while not mark.exists():
+        assert time.monotonic() < deadline and up.poll() is None, "up never reached PostUp"
+        time.sleep(0.05)
+    up.terminate()  # `ip netns exec` execs wgpy: this is wgpy's PID
+    _, stderr = up.communicate(timeout=30)
+    assert up.returncode == 1
+    assert stderr.splitlines()[-1] == "wgpy: interrupted; what `up' had done is undone"
+    assert "[#] ip link delete dev" in stderr
     assert_gone(side, before)

@@ -376,9 +376,28 @@ def execute_hooks(hooks: list[str], interface: str, name: str) -> None:
         command = hook.replace("%i", interface)
         _log(command)
         env = {**os.environ, "LC_ALL": "C"}
-        result = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", command], env=env)
-        if result.returncode != 0:
-            _die(f"{name} command failed with exit status {result.returncode}")
+        # A session of its own, so that when `up` is interrupted the whole hook (its children included) is
+        # ended with it rather than left running in the namespace.
+        proc = subprocess.Popen(["bash", "-e", "-o", "pipefail", "-c", command], env=env, start_new_session=True)
+        try:
+            returncode = proc.wait()
+        except BaseException:
+            _end_session(proc)
+            raise
+        if returncode != 0:
+            _die(f"{name} command failed with exit status {returncode}")
+
+
+def _end_session(proc: subprocess.Popen[bytes]) -> None:
+    """End a hook we started, and everything in the session it leads, by its process-group id."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=2)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _resolvconf_prefix() -> str:
@@ -424,6 +443,7 @@ class Up:
             _die(f"`{self.iface}' already exists")
         self.state.save()
         previous = {sig: signal.signal(sig, _raise_terminated) for sig in (signal.SIGTERM, signal.SIGHUP)}
+        previous[signal.SIGINT] = signal.getsignal(signal.SIGINT)
         try:
             execute_hooks(self.conf.pre_up, self.iface, "PreUp")
             self.add_if()
@@ -438,9 +458,16 @@ class Up:
             self.state.complete = True
             self.state.save()
         except BaseException:
-            with contextlib.suppress(BaseException):
+            # Like wg-quick's trap: undo, and let no second signal cut the undo short. A record whose undo
+            # failed is kept, so that `down` can finish the job.
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_IGN)
+            try:
                 undo(self.nl, self.state)
-            self.state.remove()
+            except Exception as e:
+                sys.stderr.write(f"[!] Could not undo everything ({e}): `{PROGRAM} down' will retry\n")
+            else:
+                self.state.remove()
             raise
         finally:
             for sig, handler in previous.items():
