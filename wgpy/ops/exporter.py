@@ -41,19 +41,10 @@ CONFIG_DIR = Path("/etc/wireguard")
 
 def _stats(interface: str) -> dict[str, int] | None:
     """wgpyd's ``wgpy_stats=1`` answer as name -> value, or None when the daemon does not speak it."""
-    exchange: Callable[..., list[str]] | None = getattr(uapi, "_exchange", None)
-    if exchange is None:
-        return None
     try:
-        lines = exchange(interface, "wgpy_stats=1\n\n", None, 5.0)
+        return uapi.stats(interface)
     except (uapi.UapiError, OSError):
         return None
-    out: dict[str, int] = {}
-    for line in lines:
-        name, eq, value = line.partition("=")
-        if eq and value.isdigit():
-            out[name] = int(value)
-    return out
 
 
 class WireGuardCollector(Collector):

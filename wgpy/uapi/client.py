@@ -244,6 +244,19 @@ def get(iface: str, *, run_dir: str | None = None, timeout: float = 10.0) -> Dev
     return parse_get(iface, _exchange(iface, "get=1\n\n", run_dir, timeout))
 
 
+def stats(iface: str, *, run_dir: str | None = None, timeout: float = 5.0) -> dict[str, int]:
+    """wgpyd's counters (drops by reason, handshakes, cookie replies...) through its ``wgpy_stats=1`` extension.
+
+    Other daemons do not speak it: wireguard-go closes the connection, which surfaces as UapiError/OSError.
+    """
+    out: dict[str, int] = {}
+    for line in _exchange(iface, "wgpy_stats=1\n\n", run_dir, timeout):
+        name, eq, value = line.partition("=")
+        if eq and value.isdigit():
+            out[name] = int(value)
+    return out
+
+
 def set(
     iface: str, request_lines: Iterable[str], *, run_dir: str | None = None, timeout: float = 30.0
 ) -> None:
