@@ -188,7 +188,8 @@ def settle(ns: Namespace, ifname: str, seconds: float = 10) -> None:
 class Side:
     """One namespace under test: a client with a veth to its own (silent) peer namespace."""
 
-    def __init__(self, lab: Lab, iface: str, *, default_route: bool = False, underlay_mtu: int = 1500) -> None:
+    def __init__(self, lab: Lab, iface: str, *, default_route: bool = False, underlay_mtu: int = 1500,
+                 setup: tuple[str, ...] = ()) -> None:
         self.lab = lab
         self.iface = iface
         self.ns = lab.namespace()
@@ -200,6 +201,8 @@ class Side:
         if default_route:
             self.ns.run(["ip", "route", "add", "default", "via", "198.18.0.2"])
         settle(self.ns, self.veth)
+        for command in setup:
+            self.ns.sh(command.replace("UNDERLAY", self.veth))
 
     def snapshot(self) -> dict[str, Any]:
         return snapshot(self.ns, {self.iface: "WG", self.veth: "UNDERLAY"})
@@ -294,6 +297,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "mtu-and-no-endpoint": {"allowed": "10.9.0.0/16", "endpoint": None, "extra": "MTU = 1280\n"},
     "default-route-mtu": {"allowed": "10.9.0.0/16", "endpoint": None, "default_route": True,
                           "underlay_mtu": 1400},
+    "endpoint-route-mtu": {"allowed": "10.9.0.0/16", "endpoint": "198.19.7.1:51820",
+                           "setup": ("ip route add 198.19.7.0/24 via 198.18.0.2 mtu 1300",)},
+    "v6-endpoint-full-v6": {"allowed": "::/0, 10.9.0.0/16", "endpoint": "[fd00:18::2]:51820",
+                            "underlay_mtu": 1380},
 }
 
 
@@ -319,7 +326,8 @@ def test_up_matches_wg_quick_and_down_undoes_it(netlab: Lab, tmp_path: Path, nam
     variant = VARIANTS[name]
     priv, _ = _key()
     sides = [Side(netlab, netlab.interface(), default_route=variant.get("default_route", False),
-                  underlay_mtu=variant.get("underlay_mtu", 1500)) for _ in range(2)]
+                  underlay_mtu=variant.get("underlay_mtu", 1500), setup=variant.get("setup", ()))
+             for _ in range(2)]
     ours, theirs = sides
     before = [s.snapshot() for s in sides]
     assert before[0] == before[1]
@@ -332,7 +340,8 @@ def test_up_matches_wg_quick_and_down_undoes_it(netlab: Lab, tmp_path: Path, nam
     after = [s.snapshot() for s in sides]
     assert_same(after[0], after[1])
     assert after[0] != before[0]
-    expected_mtu = {"mtu-and-no-endpoint": 1280, "default-route-mtu": 1320}.get(name, 1420)
+    expected_mtu = {"mtu-and-no-endpoint": 1280, "default-route-mtu": 1320, "endpoint-route-mtu": 1220,
+                    "v6-endpoint-full-v6": 1300}.get(name, 1420)
     assert after[0]["links"]["WG"]["mtu"] == expected_mtu
     assert ours.ns.run(["wg", "show", ours.iface, "fwmark"]).stdout == \
         theirs.ns.run(["wg", "show", theirs.iface, "fwmark"]).stdout
