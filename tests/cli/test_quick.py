@@ -628,3 +628,23 @@ def test_sigterm_during_up_undoes_it(netlab: Lab, tmp_path: Path) -> None:
     assert stderr.splitlines()[-1] == "wgpy: interrupted; what `up' had done is undone"
     assert "[#] ip link delete dev" in stderr
     assert_gone(side, before)
+
+
+@pytest.mark.netns
+def test_down_after_the_daemon_died(netlab: Lab, tmp_path: Path) -> None:
+    """The daemon is gone (and with it the link): `down` still removes the rules and firewall `up` added."""
+    side = Side(netlab, netlab.interface())
+    before = side.snapshot()
+    priv, _ = _key()
+    conf = write_conf(tmp_path, side.iface, variant_conf(VARIANTS["full"], priv))
+    run_wgpy(side.ns, "up", str(conf))
+    record = json.loads(Path(quick.STATE_DIR_DEFAULT, f"{side.iface}.json").read_text())
+    assert record["complete"] and record["daemon_pid"] > 0
+    os.kill(record["daemon_pid"], 9)  # the wireguard-go this test started, by its recorded PID
+    deadline = time.monotonic() + 10
+    while side.ns.run(["ip", "link", "show", "dev", side.iface], check=False).returncode == 0:
+        assert time.monotonic() < deadline, "the link outlived its daemon"
+        time.sleep(0.05)
+    down = run_wgpy(side.ns, "down", str(conf))
+    assert "ip -6 rule delete table main suppress_prefixlength 0" in down.stderr
+    assert_gone(side, before)  # the socket a SIGKILLed wireguard-go leaves behind included
