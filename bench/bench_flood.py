@@ -52,11 +52,13 @@ from tests.integration.test_flood import (  # noqa: E402
     proc_rss_kib,
     read_stats,
     udp_rcvbuf_errors,
+    wait_drained,
 )
 from tests.netns import lab  # noqa: E402
 from tools.flood import LABEL_MAC1, initiation  # noqa: E402
 from wgpy.protocol import cookie as cookie_module  # noqa: E402
 from wgpy.protocol import device as device_module  # noqa: E402
+from wgpy.protocol.constants import PACKETS_BURSTABLE, PACKETS_PER_SECOND  # noqa: E402
 from wgpy.protocol.crypto import hash as blake2s_hash  # noqa: E402
 from wgpy.protocol.crypto import public_key  # noqa: E402
 
@@ -70,6 +72,7 @@ class Row:
     cookies_at_sources: int = 0
     cookie_sources: int = 0
     cookies_per_source_max: int = 0
+    cookie_bound: float = 0.0  # burst + rate x (flood start .. the daemon drained its socket)
     under_load_periods: int = 0
     dh_failures: int = 0
     rcvbuf_drops: int = 0
@@ -139,6 +142,7 @@ def measure(fl: FloodLab, name: str, mode: str | None, rate: float, iperf_s: int
     flood_s = ping_s + iperf_s + 2.5
     listener = fl.listener(flood_s + 6) if mode else None
     flood = None
+    flood_start = time.monotonic()
     if mode:
         flood = fl.flooder.popen(fl.flood_args(mode, rate, flood_s), env=TOOLS_ENV, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE)
@@ -166,6 +170,8 @@ def measure(fl: FloodLab, name: str, mode: str | None, rate: float, iperf_s: int
     if flood is not None and listener is not None:
         out, _ = flood.communicate(timeout=flood_s + 60)
         result = json.loads(out.decode().strip().splitlines()[-1])
+        drained = wait_drained(fl.server) if is_wgpyd else time.monotonic()
+        row.cookie_bound = PACKETS_BURSTABLE + PACKETS_PER_SECOND * (drained - flood_start)
         listener.terminate()
         got, _ = listener.communicate(timeout=15)
         replies = json.loads(got.decode().strip().splitlines()[-1])
@@ -280,12 +286,13 @@ def core_costs() -> dict[str, float]:
 
 
 def table(results: Results) -> str:
-    head = ("server", "flood", "offered/s", "delivered/s", "sock drops", "cookies→src", "max/src", "under load",
+    head = ("server", "flood", "offered/s", "delivered/s", "sock drops", "cookies→src", "max/src", "bound/src",
+            "under load",
             "DH fails", "CPU %", "RSS MiB", "TCP Gbit/s", "ping ms", "ping lost")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results.rows:
         cells = (r.server, r.flood, f"{r.offered_per_s:,.0f}", f"{r.delivered_per_s:,.0f}", f"{r.rcvbuf_drops:,}",
-                 f"{r.cookies_at_sources:,}", str(r.cookies_per_source_max),
+                 f"{r.cookies_at_sources:,}", str(r.cookies_per_source_max), f"{r.cookie_bound:.0f}",
                  str(r.under_load_periods) if r.server == WGPYD else "n/a",
                  str(r.dh_failures) if r.server == WGPYD else "n/a", f"{r.server_cpu_pct:.0f}",
                  f"{r.server_rss_mib:.1f}", f"{r.tcp_gbps:.2f}", f"{r.ping_avg_ms:.2f}",
