@@ -7,6 +7,8 @@ Invariants:
   the value of a ``private_key`` / ``preshared_key`` line.
 - ``apply_set`` of any request that parsed never fails with -EIO (its "this cannot happen" path), and the resulting
   configuration, read back with ``format_get`` and sent again as a ``set``, gives the same configuration.
+- The client's ``parse_get`` reads back exactly what the device holds, and on arbitrary lines raises only its
+  ``UapiError`` (EPROTO), without quoting a key.
 - The server, fed arbitrary bytes on a real Unix socket, answers every request with ``errno=N`` (N <= 0) and an
   empty line, never raises out of ``handle``, and ends the connection.
 
@@ -15,6 +17,7 @@ Invariants:
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import random
@@ -27,6 +30,7 @@ import atheris
 
 with atheris.instrument_imports(include=["wgpy"]):
     from wgpy.protocol.device import Device
+    from wgpy.uapi import client
     from wgpy.uapi.apply import apply_set, format_get
     from wgpy.uapi.request import EIO, OPERATIONS, GetRequest, Request, SetRequest, UapiError, parse_request
     from wgpy.uapi.server import UapiServer
@@ -114,11 +118,40 @@ def _check_request(operation: str, lines: list[str]) -> None:
         assert not lines
         return
     device = _apply(request)
+    _check_client_reads(device)
     config = _config_of(device)
     # The configuration read back, sent again, is a fixed point.
     again = parse_request("set=1", config)
     assert isinstance(again, SetRequest)
     assert _config_of(_apply(again)) == config, config
+
+
+def _check_client_reads(device: Device) -> None:
+    """What ``wg`` (our client) reads back from a ``get`` answer is what the device holds."""
+    state = client.parse_get("fz", format_get(device).splitlines())
+    assert state.private_key == device.private_key and state.listen_port == device.listen_port
+    assert state.fwmark == device.fwmark
+    assert [p.public_key for p in state.peers] == [p.public_key for p in device.peers()]
+    for seen, peer in zip(state.peers, device.peers(), strict=True):
+        assert seen.preshared_key == peer.preshared_key
+        assert seen.persistent_keepalive == peer.persistent_keepalive
+        assert seen.allowed_ips == device.allowed_ips.entries_for(peer)
+        if peer.endpoint is None:
+            assert seen.endpoint is None
+        else:
+            assert seen.endpoint is not None and seen.endpoint[1] == peer.endpoint[1]
+            assert ipaddress.ip_address(seen.endpoint[0]) == ipaddress.ip_address(peer.endpoint[0])
+
+
+def _check_client_parse(lines: list[str]) -> None:
+    """The client's parser of ``get`` answers, fed what a hostile or broken daemon could send."""
+    try:
+        client.parse_get("fz", lines)
+    except client.UapiError as exc:
+        assert exc.errno is not None and exc.errno > 0
+        message = str(exc)
+        for secret in _secrets(lines):
+            assert secret[:16].lower() not in message.lower(), f"key material in a client error: {message!r}"
 
 
 def _grammar(fdp: atheris.FuzzedDataProvider) -> list[str]:
@@ -200,7 +233,11 @@ def _check_server(data: bytes) -> None:
 
 def TestOneInput(data: bytes) -> None:
     fdp = atheris.FuzzedDataProvider(data)
-    mode = fdp.ConsumeIntInRange(0, 3)
+    mode = fdp.ConsumeIntInRange(0, 4)
+    if mode == 4:
+        _check_client_parse(_grammar(fdp) if fdp.ConsumeBool() else
+                            fdp.ConsumeBytes(fdp.remaining_bytes()).decode("utf-8", "replace").split("\n"))
+        return
     if mode == 3:
         _check_server(fdp.ConsumeBytes(fdp.remaining_bytes()))
         return
