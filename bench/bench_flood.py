@@ -260,9 +260,11 @@ def _source_bytes_inet_pton(host: str, port: int) -> bytes:
     return socket.inet_pton(family, host) + port.to_bytes(2, "big")
 
 
-def core_costs() -> dict[str, float]:
-    """The core's cost per flood message, as is and with the proposed changes (applied in this process only)."""
-    out = {"valid mac1, as is": core_cost_us("valid"), "bad mac1, as is": core_cost_us("badmac1")}
+def core_costs(rounds: int = 7) -> dict[str, float]:
+    """The core's cost per flood message, as is and with the proposed changes (applied in this process only).
+
+    The variants are measured in turns, ``rounds`` times each, and the best of each is kept: on a shared machine a
+    load spike then hits one round of one variant, not a whole variant."""
     original_source_bytes = device_module.endpoint_source_bytes
     original_check_mac2 = cookie_module.CookieChecker.check_mac2
     zero = bytes(16)
@@ -274,14 +276,27 @@ def core_costs() -> dict[str, float]:
             return False  # no cookie was used: a valid mac2 of all zeros has probability 2^-128
         return original_check_mac2(self, message, source, now)
 
-    try:
-        device_module.endpoint_source_bytes = _source_bytes_inet_pton
-        out["valid mac1, source bytes with inet_pton"] = core_cost_us("valid")
-        cookie_module.CookieChecker.check_mac2 = check_mac2_zero_first  # type: ignore[method-assign]
-        out["valid mac1, + zero mac2 refused without MACs"] = core_cost_us("valid")
-    finally:
-        device_module.endpoint_source_bytes = original_source_bytes
-        cookie_module.CookieChecker.check_mac2 = original_check_mac2  # type: ignore[method-assign]
+    def measure(name: str) -> float:
+        try:
+            if name != "as is":
+                device_module.endpoint_source_bytes = _source_bytes_inet_pton
+            if name == "inet_pton + zero mac2":
+                cookie_module.CookieChecker.check_mac2 = check_mac2_zero_first  # type: ignore[method-assign]
+            return core_cost_us("valid", rounds=1)
+        finally:
+            device_module.endpoint_source_bytes = original_source_bytes
+            cookie_module.CookieChecker.check_mac2 = original_check_mac2  # type: ignore[method-assign]
+
+    names = {"as is": "valid mac1, as is", "inet_pton": "valid mac1, source bytes with inet_pton",
+             "inet_pton + zero mac2": "valid mac1, + zero mac2 refused without MACs"}
+    best = dict.fromkeys(names, float("inf"))
+    bad = float("inf")
+    for _ in range(rounds):
+        for name in names:
+            best[name] = min(best[name], measure(name))
+        bad = min(bad, core_cost_us("badmac1", rounds=1))
+    out = {label: best[name] for name, label in names.items()}
+    out["bad mac1, as is"] = bad
     return out
 
 
