@@ -239,7 +239,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--seconds must be in (0, 600], --count positive, --rate >= 0")
     sources = spoofed_sources(args.source_net, args.sources)
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(8), "big")
-    packets = build(args.mode, server_key, target, sources, args.source_port, max(1, args.distinct), seed)
+    # At least one datagram per source, so that every source takes part.
+    distinct = max(1, args.distinct, len(sources))
+    packets = build(args.mode, server_key, target, sources, args.source_port, distinct, seed)
     result = send(packets, target[0], args.rate, args.count, args.seconds)
     print(json.dumps({"mode": args.mode, "sources": len(sources), **result}), flush=True)
     return 0
