@@ -152,8 +152,13 @@ def test_table_names() -> None:
 
 @pytest.fixture
 def netlab() -> Iterator[Lab]:
+    """tests.netns's lab, which also removes the `up` records of its interfaces when a test failed midway."""
     with lab() as the_lab:
-        yield the_lab
+        try:
+            yield the_lab
+        finally:
+            for name in the_lab.interfaces:
+                Path(quick.STATE_DIR_DEFAULT, f"{name}.json").unlink(missing_ok=True)
 
 
 def fake_resolvconf(directory: Path) -> tuple[Path, Path]:
