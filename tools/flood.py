@@ -18,6 +18,11 @@ The rate is paced against the clock (``--rate 0``: as fast as one core sends); t
 messages or ``--seconds``, whichever comes first, and prints a JSON summary. Datagrams are built before the clock
 starts, and the loop does nothing but ``sendto`` and an occasional clock read.
 
+``capture`` (in the server's namespace) records WireGuard transport messages arriving on an interface for a UDP
+port (an ``AF_PACKET`` socket), with their source address and port; ``replay`` (in the flooder's namespace) sends
+them again, from that same (spoofed) source, through the raw socket: every one must be dropped by the receiver's
+replay window, and nothing delivered twice.
+
 ``listen`` binds a UDP port on every local address (the test routes the spoofed /16 to ``lo`` with
 ``ip route add local``) and counts, per destination address (``IP_PKTINFO``) and per message type, what the
 server sent back to the spoofed sources: cookie replies, and any handshake response (there must be none).
@@ -206,6 +211,33 @@ def listen(port: int, seconds: float, ready: bool = True) -> dict[str, object]:
     }
 
 
+ETH_P_IP: Final = 0x0800
+
+
+def capture(iface: str, port: int, count: int, seconds: float) -> list[tuple[str, int, bytes]]:
+    """Up to ``count`` IPv4/UDP datagrams to ``port`` whose payload is a WireGuard transport message (type 4)."""
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_IP))
+    sock.bind((iface, ETH_P_IP))
+    sock.settimeout(0.2)
+    out: list[tuple[str, int, bytes]] = []
+    print("ready", flush=True)
+    end = time.monotonic() + seconds
+    while len(out) < count and time.monotonic() < end:
+        try:
+            packet = sock.recv(65536)
+        except TimeoutError:
+            continue
+        if len(packet) < 28 or packet[0] >> 4 != 4 or packet[9] != socket.IPPROTO_UDP:
+            continue
+        ihl = (packet[0] & 0xF) * 4
+        sport, dport, _length, _sum = _UDP.unpack_from(packet, ihl)
+        payload = packet[ihl + 8:]
+        if dport == port and len(payload) >= 32 and payload[:4] == b"\x04\0\0\0":
+            out.append((socket.inet_ntoa(packet[12:16]), sport, payload))
+    sock.close()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m tools.flood", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -221,11 +253,42 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--seconds", type=float, default=5.0, help="stop after this long (at most 600)")
     s.add_argument("--distinct", type=int, default=8192, help="distinct pre-built datagrams to cycle through")
     s.add_argument("--seed", type=int, default=None)
+    c = sub.add_parser("capture", help="record transport messages arriving for a UDP port (JSON lines)")
+    c.add_argument("--iface", required=True)
+    c.add_argument("--port", type=int, default=51820)
+    c.add_argument("--count", type=int, default=200)
+    c.add_argument("--seconds", type=float, default=10.0)
+    c.add_argument("--out", required=True, help="file for the captured messages")
+    r = sub.add_parser("replay", help="send captured messages again from their own (spoofed) source")
+    r.add_argument("--file", required=True)
+    r.add_argument("--target", required=True, help="HOST:PORT to send them to (inside 198.18.0.0/15)")
+    r.add_argument("--times", type=int, default=1, help="send the whole capture this many times")
     li = sub.add_parser("listen", help="count what comes back to the spoofed sources")
     li.add_argument("--port", type=int, default=40000)
     li.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args(argv)
 
+    if args.command == "capture":
+        captured = capture(args.iface, args.port, args.count, min(args.seconds, 600.0))
+        with open(args.out, "w") as f:
+            for host, sport, payload in captured:
+                f.write(json.dumps({"source": host, "port": sport, "payload": payload.hex()}) + "\n")
+        print(json.dumps({"captured": len(captured)}), flush=True)
+        return 0
+    if args.command == "replay":
+        host, _, port_text = args.target.rpartition(":")
+        target_ip, target_port = check_address(host), int(port_text)
+        datagrams = []
+        with open(args.file) as f:
+            for line in f:
+                item = json.loads(line)
+                datagrams.append(datagram(check_address(item["source"]), int(item["port"]), target_ip, target_port,
+                                          bytes.fromhex(item["payload"])))
+        if not datagrams or not 0 < args.times <= 100:
+            parser.error("nothing to replay, or --times outside 1..100")
+        result = send(datagrams, target_ip, 0.0, len(datagrams) * args.times, 60.0)
+        print(json.dumps({"replayed": result["sent"], "distinct": len(datagrams)}), flush=True)
+        return 0
     if args.command == "listen":
         print(json.dumps(listen(args.port, min(args.seconds, 600.0))), flush=True)
         return 0

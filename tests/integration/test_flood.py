@@ -16,6 +16,7 @@ The helpers here (``FloodLab``) are shared with bench/bench_flood.py.
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import json
 import os
@@ -33,8 +34,10 @@ from tests.integration.test_daemon_lab import (
     Node,
     interface_block,
     peer_block,
+    wait_until,
 )
 from tests.netns import Lab, Namespace, netlab  # noqa: F401  (the fixture)
+from tools.flood import datagram
 from wgpy.protocol.constants import PACKETS_BURSTABLE, PACKETS_PER_SECOND
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -252,3 +255,81 @@ def test_bad_mac1_and_garbage_floods_are_dropped_without_load(netlab: Lab, mode:
     if mode == "badmac1":
         assert delta(after, before, "drop_bad_mac1") == cheap, report
     assert lab.client.ns.ping(lab.server.inner4).returncode == 0
+
+
+def test_replayed_transport_messages_are_dropped_and_change_nothing(netlab: Lab) -> None:  # noqa: F811
+    """Transport messages captured on the wire and sent again from their own (spoofed) source address, to another
+    of the server's addresses: every copy is dropped by the replay window, nothing is delivered twice, and the
+    tunnel is unaffected (no roaming, no change of the address replies leave from)."""
+    lab = flood_lab(netlab)
+    s, c = lab.server, lab.client
+    veth = s.ns.run(["ip", "-o", "-4", "addr", "show", "to", s.outer4]).stdout.split()[1]
+    capture_file = f"/tmp/{s.iface}-capture.jsonl"
+    capture = s.ns.popen(
+        ["python3", "-m", "tools.flood", "capture", "--iface", veth, "--port", str(s.port), "--count", "300",
+         "--seconds", "20", "--out", capture_file],
+        env=TOOLS_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    assert capture.stdout is not None and capture.stdout.readline().strip() == b"ready"
+    flows = []
+    for node, other in ((s, c), (c, s)):
+        proc = node.ns.popen(
+            ["python3", "-m", "tools.loadgen", "flow", "--bind", node.inner4, "--peer", other.inner4, "--rate", "150",
+             "--seconds", "8", "--grace", "3"],
+            env=TOOLS_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+        flows.append(proc)
+    out, err = capture.communicate(timeout=30)
+    assert json.loads(out.decode().strip().splitlines()[-1])["captured"] == 300, err.decode()
+    before = read_stats(s)
+    endpoints_before = s.wg("show", s.iface, "endpoints").stdout
+    # From F, to S's address on F's link, with C's address and port as the source: three times each.
+    replay = lab.flooder.run(
+        ["python3", "-m", "tools.flood", "replay", "--file", capture_file, "--target", f"{SERVER_FLOOD_ADDR}:{s.port}",
+         "--times", "3"], env=TOOLS_ENV,
+    )
+    replayed = json.loads(replay.stdout.strip().splitlines()[-1])["replayed"]
+    assert replayed == 900
+    results = []
+    for proc in flows:
+        got, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err.decode()
+        results.append(json.loads(got.decode().strip().splitlines()[-1]))
+    after = read_stats(s)
+    changed = {k: delta(after, before, k) for k in after if delta(after, before, k)}
+    report = f"flows={results} stats_delta={changed}"
+    assert delta(after, before, "drop_replay") == replayed, report
+    assert delta(after, before, "drop_decrypt_failed") == 0, report
+    for flow in results:
+        assert flow["duplicates"] == 0 and flow["foreign"] == 0, report
+    # The flows kept going to the end in both directions, the endpoint did not move, and pings still work.
+    for flow in results:
+        assert flow["highest"] >= 0.9 * flow["sent"], report
+    assert s.wg("show", s.iface, "endpoints").stdout == endpoints_before
+    assert c.ns.ping(s.inner4).returncode == 0, report
+    assert s.ns.ping(c.inner4).returncode == 0, report
+    os.unlink(capture_file)
+
+
+def test_spoofed_datagram_does_not_move_the_reply_source(netlab: Lab) -> None:  # noqa: F811
+    """One unauthenticated datagram with the client's address and port as its (spoofed) source, sent to another of
+    the server's addresses, must not change anything for that client: Linux and wireguard-go learn a peer's
+    endpoint, and the local address they answer it from, only from authenticated packets. If the server remembered
+    the local address of any datagram, its next packets to the client would leave from the address the attacker
+    picked, and the client would roam to it (and lose the tunnel where that address is not reachable)."""
+    lab = flood_lab(netlab)
+    s, c = lab.server, lab.client
+    seen_before = c.wg("show", c.iface, "endpoints").stdout
+    assert f"{s.outer4}:{s.port}" in seen_before
+    spoofed = datagram(ipaddress.IPv4Address(c.outer4), c.port, ipaddress.IPv4Address(SERVER_FLOOD_ADDR), s.port,
+                       b"\x09not wireguard")
+    sender = (f"import socket; s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW); "
+              f"s.sendto(bytes.fromhex('{spoofed.hex()}'), ('{SERVER_FLOOD_ADDR}', 0))")
+    before = read_stats(s)
+    lab.flooder.run(["python3", "-c", sender])
+    wait_until(lambda: delta(read_stats(s), before, "drop_unknown_type") == 1, 10, "the datagram to be dropped")
+    # The server speaks first after the spoofed datagram, then the client answers.
+    assert s.ns.ping(c.inner4).returncode == 0
+    assert c.ns.ping(s.inner4).returncode == 0
+    assert c.wg("show", c.iface, "endpoints").stdout == seen_before, "the client now sees the server elsewhere"
