@@ -105,6 +105,8 @@ class FloodLab:
     server: Node
     client: Node
     flooder: Namespace
+    label: str = WGPYD  # what serves the tunnel (the server's kind, or an experiment's name)
+    has_stats: bool = True  # the server answers wgpy_stats=1 (wgpyd)
 
     @property
     def server_pid(self) -> int:
@@ -135,7 +137,9 @@ class FloodLab:
         return result
 
 
-def flood_lab(lab: Lab, server_kind: str = WGPYD, log_level: str = "error") -> FloodLab:
+def flood_lab(lab: Lab, server_kind: str = WGPYD, log_level: str = "error", command: str | None = None) -> FloodLab:
+    """The three namespaces and the live tunnel. ``command`` replaces the server's executable (same arguments),
+    e.g. a patched wgpyd for an experiment; ``server_kind`` still says what it is."""
     s, c, f = lab.namespace(), lab.namespace(), lab.namespace()
     lab.veth(s, ["198.18.1.1/24"], c, ["198.18.1.2/24"])
     lab.veth(s, [f"{SERVER_FLOOD_ADDR}/24"], f, ["198.18.2.2/24"])
@@ -145,6 +149,8 @@ def flood_lab(lab: Lab, server_kind: str = WGPYD, log_level: str = "error") -> F
     f.run(["ip", "route", "add", "local", SPOOF_NET, "dev", "lo"])
     server = Node(s, lab.interface(), server_kind, "198.18.1.1", "", "10.0.0.1", "fd00:a::1")
     client = Node(c, lab.interface(), WIREGUARD_GO, "198.18.1.2", "", "10.0.0.2", "fd00:a::2")
+    if command is not None:
+        server.kind = command  # Node.start runs "<kind> <iface>"; the log file keeps its name
     server.start(extra_env={"LOG_LEVEL": log_level})
     client.start(extra_env={"LOG_LEVEL": "error"})
     server.setconf(interface_block(server) + peer_block(client, f"{client.inner4}/32,{client.inner6}/128"))
@@ -153,7 +159,8 @@ def flood_lab(lab: Lab, server_kind: str = WGPYD, log_level: str = "error") -> F
     client.ns.wait_ping(server.inner4, 20)
     # iperf3's server for the benchmark's throughput figures (ended by PID with the lab).
     s.popen(["iperf3", "-s", "-B", server.inner4], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return FloodLab(server, client, f)
+    return FloodLab(server, client, f, server_kind if command is None else f"{server_kind} (patched)",
+                    server_kind == WGPYD)
 
 
 def handled(stats: dict[str, int]) -> int:
