@@ -53,6 +53,7 @@ def write_seeds(name: str, corpus: Path) -> int:
     spec = importlib.util.spec_from_file_location(f"fuzz_{name}", HERE / f"fuzz_{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     corpus.mkdir(parents=True, exist_ok=True)
     seeds: list[bytes] = module.seeds()
