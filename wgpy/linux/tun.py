@@ -21,11 +21,10 @@ from dataclasses import dataclass
 from wgpy.linux.checksum import Buffer
 from wgpy.linux.offload import (
     VIRTIO_NET_HDR_F_NEEDS_CSUM,
-    VNET_HDR,
     VNET_HDR_LEN,
     VNET_HDR_ZERO,
     OffloadError,
-    coalesce,
+    coalesce_iov,
     split_super_packet,
 )
 
@@ -267,7 +266,7 @@ class Tun:
                 out.append(bytes(mv[VNET_HDR_LEN:n]))
                 continue
             try:
-                segments = split_super_packet(mv[:VNET_HDR_LEN], mv[VNET_HDR_LEN:n])
+                segments = split_super_packet(mv[:VNET_HDR_LEN], mv[VNET_HDR_LEN:n], views=True)
             except OffloadError:
                 stats.read_errors += 1
                 continue
@@ -289,20 +288,17 @@ class Tun:
         stats = self.stats
         accepted = 0
         if self.offload:
-            for hdr, pkt in coalesce(packets, data_valid=self.data_valid, udp=self.uso):
-                count = 1
-                if hdr[1]:
-                    _f, _g, hdr_len, gso_size, _cs, _co = VNET_HDR.unpack(hdr)
-                    count = -(-(len(pkt) - hdr_len) // gso_size)
+            writev = os.writev
+            for iov, count in coalesce_iov(packets, data_valid=self.data_valid, udp=self.uso):
                 try:
-                    os.writev(fd, (hdr, pkt))
+                    writev(fd, iov)
                 except OSError as e:
                     if e.errno in _GONE:
                         raise TunGoneError(e.errno, f"TUN device {self._name} is gone") from None
                     stats.write_errors += count
                     continue
                 stats.writes += 1
-                if count > 1 or hdr[1]:
+                if count > 1:
                     stats.super_packets_written += 1
                 accepted += count
         else:

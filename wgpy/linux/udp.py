@@ -99,8 +99,6 @@ class UdpSocket:
         self._v4: socket.socket | None = None
         self._v6: socket.socket | None = None
         self._by_fd: dict[int, socket.socket] = {}
-        self._rbuf = bytearray(RECV_BUFFER)
-        self._rmv = memoryview(self._rbuf)
         self.port = 0
         self._open(port)
 
@@ -236,15 +234,16 @@ class UdpSocket:
         sock = self._by_fd.get(fd)
         if sock is None:
             raise ValueError(f"fd {fd} is not one of this UdpSocket's sockets")
-        v6 = sock.family == socket.AF_INET6
+        v6 = sock is self._v6  # (sock.family builds an enum member on every call)
         out: list[tuple[bytes | memoryview, Endpoint]] = []
-        buf, mv = self._rbuf, self._rmv
         stats = self.stats
-        recvmsg_into = sock.recvmsg_into
+        # recvmsg rather than recvmsg_into a reused buffer: the kernel copies straight into the bytes object
+        # handed out (shrunk to size), instead of into our buffer and then once more (up to 64 KB per GRO read).
+        recvmsg = sock.recvmsg
         errors = 0
         while len(out) < max_datagrams:
             try:
-                n, ancdata, _flags, addr = recvmsg_into([buf], _CMSG_SPACE)
+                data, ancdata, _flags, addr = recvmsg(RECV_BUFFER, _CMSG_SPACE)
             except BlockingIOError:
                 break
             except InterruptedError:
@@ -270,7 +269,7 @@ class UdpSocket:
                 elif level == socket.IPPROTO_IPV6 and ctype == IPV6_PKTINFO:
                     dst6, ifindex = _IN6_PKTINFO.unpack_from(cdata)
                     self._remember(endpoint, socket.AF_INET6, dst6, ifindex)
-            data = bytes(mv[:n])
+            n = len(data)
             if gso_size and n > gso_size:
                 dmv = memoryview(data)
                 out.extend((dmv[i : i + gso_size], endpoint) for i in range(0, n, gso_size))
