@@ -505,23 +505,27 @@ class Device:
         # Segments of one TSO super-packet (and most batches) share a destination: remember the last lookup for
         # this call, which costs a slice and a compare instead of a longest-prefix match.
         last_key: bytes | None = None
-        last_peer: Peer | None = None
+        last_batch: list[bytes] | None = None
         for packet in packets:
             version = packet[0] >> 4 if packet else 0
             key = packet[16:20] if version == 4 else packet[24:40] if version == 6 else None
             if key is not None and key == last_key:
-                peer = last_peer
-            else:
-                peer = lookup(packet)
-                last_key, last_peer = key, peer
+                if last_batch is None:
+                    no_route += 1
+                else:
+                    last_batch.append(packet)
+                continue
+            peer = lookup(packet)
+            last_key = key
             if peer is None:
+                last_batch = None
                 no_route += 1
                 continue
-            batch = by_peer.get(peer)
-            if batch is None:
-                by_peer[peer] = [packet]
+            last_batch = by_peer.get(peer)
+            if last_batch is None:
+                last_batch = by_peer[peer] = [packet]
             else:
-                batch.append(packet)
+                last_batch.append(packet)
         if no_route:
             self.stats.drop(DropReason.NO_ROUTE, no_route)
         for peer, batch in by_peer.items():
@@ -561,22 +565,23 @@ class Device:
         counter = kp.send_counter
         mtu = self.mtu
         out: list[bytes] = []
-        sent_bytes = 0
-        data_packets = 0
+        append = out.append
+        keepalives = 0
         for packet in staged:
             n = len(packet)
-            if n:
-                data_packets += 1
+            if n & 15:
                 pad = -n & 15
+                if n + pad > mtu:
+                    pad = mtu - n if mtu > n else 0
                 if pad:
-                    if n + pad > mtu:
-                        pad = mtu - n if mtu > n else 0
                     packet = bytes(packet) + _ZEROS[:pad]
-            message = header(_TYPE_TRANSPORT, receiver, counter) + encrypt(nonce(counter), packet, None)
+            elif not n:
+                keepalives += 1
+            append(header(_TYPE_TRANSPORT, receiver, counter) + encrypt(nonce(counter), packet, None))
             counter += 1
-            sent_bytes += len(message)
-            out.append(message)
         staged.clear()
+        sent_bytes = sum(map(len, out))
+        data_packets = count - keepalives
         kp.send_counter = counter
         endpoint = peer.endpoint
         if self._out and self._out[-1][0] == endpoint:
@@ -659,6 +664,14 @@ class Device:
         state: list[Any] = []
         last_src: bytes | None = None
         last_src_peer: Peer | None = None
+        # A batch is mostly runs of one session: everything that depends only on the keypair (and on `now`) is
+        # looked up once per run of its receiver index. Keypairs and peers change only in _finish_receive and
+        # in handshake processing, after which the run is forgotten.
+        last_receiver = -1
+        expired = on_next = False
+        kp: Keypair | None = None
+        peer: Peer | None = None
+        may_accept = check_and_mark = decrypt = None
         for data, source in datagrams:
             size = len(data)
             if size < TRANSPORT_MIN_SIZE or data[0] != _TYPE_TRANSPORT:
@@ -675,38 +688,46 @@ class Device:
                     self._finish_receive(touched, now, wall)
                     touched, current = {}, None
                 self._receive_handshake_message(kind, data, source, now, wall)
+                last_receiver = -1
                 continue
             kind, receiver, counter = header(data, 0)
             if kind != _TYPE_TRANSPORT:  # non-zero reserved bytes
                 drops[DropReason.UNKNOWN_TYPE] += 1
                 continue
-            kp = keypairs.get(receiver)
-            if kp is None:
-                drops[DropReason.UNKNOWN_INDEX] += 1
-                continue
-            if now - kp.created >= reject_time or counter >= reject_messages:
+            if receiver != last_receiver:
+                kp = keypairs.get(receiver)
+                if kp is None:
+                    drops[DropReason.UNKNOWN_INDEX] += 1
+                    continue
+                last_receiver = receiver
+                expired = now - kp.created >= reject_time
+                replay = kp.replay
+                may_accept, check_and_mark = replay.may_accept, replay.check_and_mark
+                decrypt = kp.receive_aead.decrypt
+                peer = kp.peer  # type: ignore[assignment]
+                assert peer is not None
+                on_next = kp is peer.next_keypair
+            if expired or counter >= reject_messages:
                 drops[DropReason.KEY_EXPIRED] += 1
                 continue
-            replay = kp.replay
-            if not replay.may_accept(counter):
+            if not may_accept(counter):  # type: ignore[misc]
                 drops[DropReason.REPLAY] += 1
                 continue
             try:
-                plain = kp.receive_aead.decrypt(nonce(counter), memoryview(data)[16:], None)
+                plain = decrypt(nonce(counter), memoryview(data)[16:], None)  # type: ignore[misc]
             except InvalidTag:
                 drops[DropReason.DECRYPT_FAILED] += 1
                 continue
-            if not replay.check_and_mark(counter):
+            if not check_and_mark(counter):  # type: ignore[misc]
                 drops[DropReason.REPLAY] += 1
                 continue
-            peer: Peer = kp.peer  # type: ignore[assignment]
             if peer is not current:
                 current = peer
-                found = touched.get(peer)
+                found = touched.get(peer)  # type: ignore[arg-type]
                 if found is None:
-                    found = touched[peer] = [None, source, 0, 0]
+                    found = touched[peer] = [None, source, 0, 0]  # type: ignore[index]
                 state = found
-            if kp is peer.next_keypair:
+            if on_next:
                 state[0] = kp
             state[1] = source
             state[2] += size
