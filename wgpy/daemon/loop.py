@@ -229,9 +229,9 @@ class EventLoop:
         try:
             while len(packets) < DRAIN_LIMIT:
                 batch = self.tun.read_packets(BATCH)
-                if not batch:
-                    break
                 packets.extend(batch)
+                if len(batch) < BATCH:  # read_packets stops short only at EAGAIN: drained, no second EAGAIN
+                    break
         except OSError as exc:
             if exc.errno in (errno.EAGAIN, errno.EINTR):
                 return
@@ -248,9 +248,9 @@ class EventLoop:
             except OSError as exc:  # ECONNREFUSED from ICMP and friends: never end the daemon
                 log.debug("UDP receive: %s", exc)
                 break
-            if not batch:
-                break
             datagrams.extend(batch)
+            if len(batch) < BATCH:  # recv_batch stops short only at EAGAIN (or errors): drained
+                break
 
     def flush(self) -> None:
         device = self.device
