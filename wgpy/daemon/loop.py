@@ -37,7 +37,7 @@ from typing import Final, cast
 from wgpy.linux.tun import Tun, TunGoneError
 from wgpy.linux.udp import UdpSocket
 from wgpy.protocol.device import Device, Event, EventKind
-from wgpy.protocol.peer import Endpoint
+from wgpy.protocol.peer import Endpoint, Peer
 from wgpy.uapi.apply import SocketControl, apply_set, format_get, format_stats
 from wgpy.uapi.request import GetRequest, Request, SetRequest, StatsRequest
 from wgpy.uapi.server import UapiServer
@@ -48,6 +48,7 @@ Buffer = bytes | memoryview
 
 BATCH: Final = 64
 DRAIN_LIMIT: Final = 512
+MAX_CONFIRMED_SOURCES: Final = 65536
 
 # rtnetlink (linux/rtnetlink.h, linux/if_link.h)
 RTMGRP_LINK: Final = 1
@@ -111,6 +112,8 @@ class EventLoop:
         self.socket_file = socket_file
         self.stop_reason: str | None = None
         self.internal_errors = 0
+        self.udp_backed_up = False
+        self.confirmed_sources: dict[Endpoint, str | None] = {}
         self.epoll = select.epoll()
         self.server = UapiServer(listener, self.handle_uapi, self.epoll)
         self.sockets = SocketControl(self._rebind, self._set_fwmark)
@@ -165,6 +168,7 @@ class EventLoop:
                 continue
             packets: list[Buffer] = []
             datagrams: list[tuple[Buffer, Endpoint]] = []
+            self.udp_backed_up = False
             for fd, mask in events:
                 if fd == self.tun_fd:
                     self._read_tun(packets, mask)
@@ -184,7 +188,12 @@ class EventLoop:
                 # The data plane hands out memoryviews over its buffers where that saves a copy; the core only
                 # reads them through the buffer protocol.
                 if datagrams:
+                    self._note_backlog(datagrams)
+                    changed = self._changed_sources(datagrams)
+                    rx_before = {peer: peer.rx_bytes for peer in device.peers()} if changed else None
                     device.receive(cast("list[tuple[bytes, Endpoint]]", datagrams), now, wall)
+                    if rx_before is not None:
+                        self._settle_sources(changed, rx_before)
                 if packets:
                     device.send(cast("list[bytes]", packets), now, wall)
                 deadline = device.next_deadline()
@@ -240,6 +249,53 @@ class EventLoop:
         if mask & (select.EPOLLHUP | select.EPOLLERR) and not packets:
             self.stop("TUN device hung up")
 
+    def _changed_sources(self, datagrams: list[tuple[Buffer, Endpoint]]) -> list[Endpoint]:
+        """Endpoints of this batch whose sticky local address (recorded by the UdpSocket for every datagram, before
+        anything was authenticated) differs from the one last confirmed by an authenticated message."""
+        source_for, confirmed = self.udp.source_for, self.confirmed_sources
+        changed = []
+        for endpoint in {endpoint for _, endpoint in datagrams}:
+            if source_for(endpoint) != confirmed.get(endpoint):
+                changed.append(endpoint)
+        return changed
+
+    def _settle_sources(self, changed: list[Endpoint], rx_before: dict[Peer, int]) -> None:
+        """Keep a new reply source only if a message from that endpoint authenticated in this batch.
+
+        Linux and wireguard-go learn a peer's endpoint, and the local address they answer it from, only from
+        authenticated packets. Otherwise one spoofed datagram, with a peer's address as its source and another of
+        our addresses as its destination, would make us answer that peer from the address the attacker chose.
+        An unconfirmed source is forgotten (the kernel's routing picks the source again) until an authenticated
+        message from the endpoint records one. Every authenticated message raises the peer's ``rx_bytes``.
+        """
+        wanted = set(changed)
+        by_endpoint = {peer.endpoint: peer for peer in self.device.peers() if peer.endpoint in wanted}
+        confirmed = self.confirmed_sources
+        for endpoint in changed:
+            peer = by_endpoint.get(endpoint)
+            if peer is not None and peer.rx_bytes > rx_before.get(peer, 0):
+                if len(confirmed) >= MAX_CONFIRMED_SOURCES and endpoint not in confirmed:
+                    confirmed.clear()  # bounded; a forgotten entry costs one more check, never correctness
+                confirmed[endpoint] = self.udp.source_for(endpoint)
+            else:
+                self.udp.clear_source(endpoint)
+                confirmed.pop(endpoint, None)
+
+    def _note_backlog(self, datagrams: list[tuple[Buffer, Endpoint]]) -> None:
+        """Tell the core how many handshake messages wait, so that it counts itself under load before it has
+        spent a DH on each of a flood's first thousand initiations (the references look at their queue length).
+
+        The handshake messages of this batch are waiting; when a socket was not drained (DRAIN_LIMIT reached), at
+        least as many more wait behind them in its buffer.
+        """
+        waiting = 0
+        for data, _ in datagrams:
+            if data[0:1] in (b"\x01", b"\x02"):
+                waiting += 1
+        if self.udp_backed_up:
+            waiting *= 2
+        self.device.note_backlog(waiting)
+
     def _read_udp(self, fd: int, datagrams: list[tuple[Buffer, Endpoint]]) -> None:
         start = len(datagrams)
         while len(datagrams) - start < DRAIN_LIMIT:
@@ -247,10 +303,11 @@ class EventLoop:
                 batch = self.udp.recv_batch(fd, BATCH)
             except OSError as exc:  # ECONNREFUSED from ICMP and friends: never end the daemon
                 log.debug("UDP receive: %s", exc)
-                break
+                return
             datagrams.extend(batch)
             if len(batch) < BATCH:  # recv_batch stops short only at EAGAIN (or errors): drained
-                break
+                return
+        self.udp_backed_up = True
 
     def flush(self) -> None:
         device = self.device
