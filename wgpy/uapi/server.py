@@ -273,8 +273,9 @@ def listen(interface: str, directory: Path = SOCKET_DIR) -> socket.socket:
     A socket file left by a dead daemon is replaced; one somebody still listens on is not (EADDRINUSE): two
     daemons must never fight over one interface.
     """
-    directory.mkdir(mode=0o755, parents=True, exist_ok=True)
-    os.chmod(directory, 0o755)
+    if not directory.is_dir():
+        directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+        os.chmod(directory, 0o755)  # whatever the umask; an existing directory is left as it is
     path = socket_path(interface, directory)
     try:
         st = path.lstat()
