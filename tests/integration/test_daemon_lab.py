@@ -359,3 +359,26 @@ def test_log_levels_like_wireguard_go(netlab: Lab, level: str) -> None:
     else:
         assert error.search(out), out
         assert ("DEBUG: " in out) == (level == "verbose"), out
+
+
+HOLDER = r"""
+import os, subprocess, sys
+r, w = os.pipe()
+os.set_inheritable(w, True)
+subprocess.run(["wgpyd", sys.argv[1]], close_fds=False, check=True)
+os.close(w)
+os.set_blocking(r, False)
+try:
+    print("eof" if os.read(r, 1) == b"" else "data")
+except BlockingIOError:
+    print("held by the daemon")
+"""
+
+
+@pytest.mark.netns
+def test_daemon_keeps_no_inherited_descriptor(netlab: Lab) -> None:
+    """Whoever started wgpyd and waits for the end of a pipe it handed down is not kept waiting by the daemon."""
+    ns = netlab.namespace()
+    iface = netlab.interface()
+    assert ns.run(["python3", "-c", HOLDER, iface]).stdout.strip() == "eof"
+    assert uapi(iface, "get=1\n\n").endswith("errno=0\n\n")

@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     # asked for (as wireguard-go does), so that whoever started us is not kept waiting on our output.
     os.close(ready_r)
     os.setsid()
+    _close_inherited_fds(keep={ready_w, *_env_fds()})
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
     if not level_text or level is daemon_log.LogLevel.SILENT:
@@ -132,6 +133,25 @@ def main(argv: list[str] | None = None) -> int:
         daemon_log.logging.getLogger("wgpy.daemon").exception("wgpyd ended by an unexpected error")
         status = 1
     os._exit(status)
+
+
+def _env_fds() -> set[int]:
+    fds = set()
+    for name in ("WG_TUN_FD", "WG_UAPI_FD"):
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            fds.add(int(value))
+    return fds
+
+
+def _close_inherited_fds(keep: set[int]) -> None:
+    """A daemon must not hold its starter's pipes open (whoever waits for their end would wait for ours), as
+    wireguard-go's child, started with only the files it needs, does not."""
+    low = 3
+    for fd in sorted(keep | {os.sysconf("SC_OPEN_MAX")}):
+        if fd >= low:
+            os.closerange(low, fd)
+            low = fd + 1
 
 
 def _report(ready_fd: int | None, ok: bool, message: str = "") -> None:
