@@ -37,6 +37,7 @@ from tests.integration.test_daemon_lab import (
     wait_until,
 )
 from tests.netns import Lab, Namespace, netlab  # noqa: F401  (the fixture)
+from tools import flood as flood_tool
 from tools.flood import datagram
 from wgpy.protocol.constants import PACKETS_BURSTABLE, PACKETS_PER_SECOND
 
@@ -340,3 +341,29 @@ def test_spoofed_datagram_does_not_move_the_reply_source(netlab: Lab) -> None:  
     assert s.ns.ping(c.inner4).returncode == 0
     assert c.ns.ping(s.inner4).returncode == 0
     assert c.wg("show", c.iface, "endpoints").stdout == seen_before, "the client now sees the server elsewhere"
+
+
+def test_flood_tool_builds_what_it_claims() -> None:
+    """tools/flood.py's messages: valid mac1 passes wgpy's own check, bad mac1 and garbage do not; every datagram
+    carries its spoofed source and is refused outside 198.18.0.0/15."""
+    from wgpy.protocol.cookie import CookieChecker
+    from wgpy.protocol.crypto import public_key
+    from wgpy.protocol.noise import LocalStatic
+    from wgpy.protocol.rng import SystemRandomSource
+
+    private = bytes(range(1, 33))
+    checker = CookieChecker(LocalStatic.from_private(private), SystemRandomSource())
+    target = (ipaddress.IPv4Address(SERVER_FLOOD_ADDR), 51820)
+    sources = flood_tool.spoofed_sources(SPOOF_NET, 50)
+    assert len(set(sources)) == 50 and all(ip in ipaddress.IPv4Network(SPOOF_NET) for ip in sources)
+    for mode, valid in (("valid", True), ("badmac1", False), ("garbage", False)):
+        packets = flood_tool.build(mode, public_key(private), target, sources, SPOOF_PORT, 200, seed=1)
+        assert len(packets) == 200
+        for i, packet in enumerate(packets):
+            assert packet[12:16] == sources[i % 50].packed and packet[16:20] == target[0].packed
+            payload = packet[28:]
+            assert checker.check_mac1(payload) is valid, (mode, i)
+    with pytest.raises(SystemExit):
+        flood_tool.spoofed_sources("192.0.2.0/24", 10)
+    with pytest.raises(SystemExit):
+        flood_tool.check_address("192.0.2.1")

@@ -90,3 +90,23 @@ def test_1000_clients_handshake_and_ping(netlab: Lab) -> None:  # noqa: F811
     assert stats["handshake_responses_sent"] >= PEERS, stats
     assert stats["packets_received"] >= 2 * PEERS, stats
     assert lab.server.pids(), "wgpyd is gone"
+
+
+def test_loadgen_keys_addresses_and_echo() -> None:
+    """The clients' keys are distinct and match what the server is configured with; the echo requests carry valid
+    IPv4 and ICMP checksums (the server's kernel drops them otherwise) and their replies are recognised."""
+    from tools.loadgen import checksum, client_address, client_keys, echo_request, parse_echo_reply
+    from wgpy.protocol.crypto import public_key
+
+    seed = bytes(16)
+    pairs = client_keys(seed, 300)
+    assert len({public for _, public in pairs}) == 300
+    assert all(public_key(private) == public for private, public in pairs[:5])
+    assert client_address(0) == "10.1.0.1" and client_address(299) == "10.1.1.44"
+    packet = echo_request("10.1.0.1", "10.0.0.1", 7, 3)
+    assert checksum(packet[:20]) == 0 and checksum(packet[20:]) == 0
+    reply = bytearray(packet)
+    reply[12:16], reply[16:20] = packet[16:20], packet[12:16]
+    reply[20] = 0  # echo reply
+    assert parse_echo_reply(bytes(reply)) == ("10.1.0.1", 7, 3)
+    assert parse_echo_reply(packet) is None

@@ -189,3 +189,20 @@ def test_soak_short(netlab: Lab) -> None:  # noqa: F811
     check(result, min_handshakes=3)
     assert "198.18.0.81:" in a.wg("show", a.iface, "endpoints").stdout  # wgpyd followed wireguard-go's move
     assert "198.18.0.71:" in b.wg("show", b.iface, "endpoints").stdout  # and wireguard-go followed wgpyd's
+
+
+def test_seq_receiver_sees_duplicates_losses_and_reordering() -> None:
+    """The flows' receiver (tools/loadgen.py) really counts what the soak asserts on."""
+    import struct
+
+    from tools.loadgen import FLOW_MAGIC, SeqReceiver
+
+    def message(run: int, seq: int) -> bytes:
+        return struct.pack("!4sQQ", FLOW_MAGIC, run, seq) + bytes(100)
+
+    r = SeqReceiver()
+    for seq in (0, 1, 2, 5, 3, 3, 70000, 2):
+        r.add(message(7, seq))
+    r.add(message(8, 9))  # another run's datagram
+    r.add(b"short")
+    assert (r.received, r.duplicates, r.reordered, r.highest, r.foreign) == (6, 2, 1, 70000, 2)
