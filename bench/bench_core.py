@@ -4,7 +4,11 @@
 
 Reports handshakes per second for a responder (initiation in, response out, on one core), and µs per packet for
 the batched send (route + pad + encrypt) and receive (decrypt + replay window + source check) paths, for 1420-byte
-packets in batches of 1 and 64. Nothing here is asserted: speed is measured, not tested.
+packets in batches of 1 and 64. Then the whole software data path of one TCP stream without system calls, in µs per
+1368-byte segment: TSO split of a 64 KB super-packet (wgpy/linux/offload.py), Device.send, slicing a GRO batch,
+Device.receive, and TCP coalescing for one TUN write. Times are CPU time of this thread (time.thread_time), best of
+several rounds, so that other processes on a shared machine disturb them less. Nothing here is asserted: speed is
+measured, not tested.
 """
 
 from __future__ import annotations
@@ -110,6 +114,48 @@ def bench_transport(size: int, batch: int, total: int) -> tuple[float, float]:
     return send_us, recv_us
 
 
+def bench_pipeline(rounds: int = 200, repeats: int = 5) -> dict[str, float]:
+    """µs per segment of each stage of the data path, for 48-segment TCP super-packets (the best of `repeats`)."""
+    from bench_offload import tcp_super_packet  # type: ignore[import-not-found]
+
+    from wgpy.linux.offload import coalesce_iov, split_super_packet
+
+    vnet, super_packet = tcp_super_packet(48)
+    wall = time.time()
+    best: dict[str, float] = {}
+    for _ in range(repeats):
+        a, b = _session(1420)
+        spent = dict.fromkeys(("split", "send", "gro slices", "receive", "coalesce"), 0.0)
+        segments = 0
+        clock = time.thread_time
+        for _ in range(rounds):
+            t0 = clock()
+            packets = split_super_packet(vnet, super_packet, views=True)
+            t1 = clock()
+            a.send(packets, 1.0, wall)
+            out = a.take_datagrams()
+            t2 = clock()
+            datagrams: list[tuple[bytes, tuple[str, int]]] = []
+            for _, batch in out:  # what UdpSocket.recv_batch hands over after one GRO read per 64 KB
+                blob = memoryview(b"".join(batch))
+                size = len(batch[0])
+                datagrams.extend((blob[i : i + size], A_ADDR) for i in range(0, len(blob), size))  # type: ignore[misc]
+            t3 = clock()
+            b.receive(datagrams, 1.0, wall)
+            inner = b.take_packets()
+            t4 = clock()
+            writes = coalesce_iov(inner, data_valid=True)
+            t5 = clock()
+            assert len(writes) == 1 and writes[0][1] == len(packets), "the segments did not coalesce"
+            for key, dt in zip(spent, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
+                spent[key] += dt
+            segments += len(packets)
+        for key, total in spent.items():
+            us = total / segments * 1e6
+            best[key] = min(best.get(key, us), us)
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--handshakes", type=int, default=3000)
@@ -124,6 +170,9 @@ def main() -> None:
         for batch in (1, 64):
             send_us, recv_us = bench_transport(size, batch, args.packets)
             print(f"{size:>6} {batch:>6} {send_us:>12.2f} {recv_us:>12.2f}")
+    stages = bench_pipeline()
+    print("one TCP stream through the software data path, µs per 1368-byte segment (CPU time):")
+    print("  " + "  ".join(f"{k} {v:.2f}" for k, v in stages.items()) + f"  | total {sum(stages.values()):.2f}")
 
 
 if __name__ == "__main__":

@@ -112,12 +112,32 @@ def main() -> None:
             us = best_us(lambda h=hdr, s=sup: split_super_packet(h, s), n // 20, r, 48)
             print(f"  IPv{6 if v6 else 4} {'numpy' if mode else 'pure '}                      {us:7.2f}")
     checksum.use_numpy = checksum.HAVE_NUMPY
+    if checksum.HAVE_NUMPY:
+        print("TSO split, IPv4 48 segments, numpy path (µs per segment)")
+        hdr, sup = tcp_super_packet(48)
+        old_min = offload.NUMPY_SPLIT_MIN
+        for label, minimum, views in (("per-segment loop, numpy sums ", 10**9, False),
+                                      ("whole-array split, bytes     ", old_min, False),
+                                      ("whole-array split, views     ", old_min, True)):
+            offload.NUMPY_SPLIT_MIN = minimum
+            us = best_us(lambda h=hdr, s=sup, v=views: split_super_packet(h, s, v), n // 20, r, 48)
+            print(f"  {label}       {us:7.2f}")
+        offload.NUMPY_SPLIT_MIN = old_min
+        print("finishing CHECKSUM_PARTIAL single packets (a UDP flood), 64 × 1400 B (µs per packet)")
+        udp_pkts = [bytearray(os.urandom(1400)) for _ in range(64)]
+        for label, mode in (("one by one (ones_sum)        ", False), ("batched (numpy reduceat)     ", True)):
+            checksum.use_numpy = mode
+            us = best_us(lambda: offload.finish_checksums([(p, 20, 6) for p in udp_pkts]), n // 20, r, 64)
+            print(f"  {label}       {us:7.2f}")
+        checksum.use_numpy = checksum.HAVE_NUMPY
     print("TCP coalescing, GRO in Python (µs per segment)")
     for v6 in (False, True):
         hdr, sup = tcp_super_packet(44, v6=v6)
         segs = split_super_packet(hdr, sup)
         us = best_us(lambda s=segs: coalesce(s), n // 20, r, len(segs))
         print(f"  IPv{6 if v6 else 4} 44 segments -> 1 write          {us:7.2f}")
+        us = best_us(lambda s=segs: offload.coalesce_iov(s), n // 20, r, len(segs))
+        print(f"  IPv{6 if v6 else 4} same, as writev iovecs         {us:7.2f}")
     mixed = [bytes(60)] * 64
     print(f"  64 non-TCP packets (pass-through) {best_us(lambda: coalesce(mixed), n // 20, r, 64):7.2f}")
     if args.udp:

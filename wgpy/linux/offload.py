@@ -81,6 +81,40 @@ def _complete_checksum(packet: Buffer, csum_start: int, csum_offset: int) -> byt
     return bytes(out)
 
 
+# Below this many packets, finishing checksums one by one beats numpy's fixed cost (bench/bench_offload.py).
+NUMPY_FINISH_MIN = 8
+
+
+def finish_checksums(items: list[tuple[bytearray, int, int]]) -> None:
+    """Finish the CHECKSUM_PARTIAL checksums of several packets in place: (packet, csum_start, csum_offset),
+    offsets already checked to lie inside the packet.
+
+    A TUN reader with checksum offload gets every TCP/UDP packet that way, also the ones that are not
+    super-packets (a UDP flood is all of them). With numpy and enough packets, all the sums are one
+    ``np.add.reduceat`` over the regions laid end to end (each padded to a whole word), in native word order
+    (see :func:`checksum.row_sums`); otherwise :func:`ones_sum` per packet.
+    """
+    if checksum.use_numpy and len(items) >= NUMPY_FINISH_MIN:
+        np = checksum._np
+        parts: list[Buffer] = []
+        starts: list[int] = []
+        pos = 0
+        for pkt, start, _offset in items:
+            starts.append(pos >> 1)
+            parts.append(memoryview(pkt)[start:])
+            pos += len(pkt) - start
+            if pos & 1:
+                parts.append(b"\0")
+                pos += 1
+        words = np.frombuffer(b"".join(parts), "<u2")
+        sums = (np.add.reduceat(words, starts, dtype=np.uint64) % 0xFFFF * 256 % 0xFFFF).tolist()
+        for (pkt, start, offset), s in zip(items, sums, strict=True):
+            _U16.pack_into(pkt, start + offset, ~s & 0xFFFF)
+        return
+    for pkt, start, offset in items:
+        _U16.pack_into(pkt, start + offset, ~ones_sum(memoryview(pkt)[start:]) & 0xFFFF)
+
+
 def split_super_packet(vnet_hdr: Buffer, packet: Buffer, views: bool = False) -> list[bytes | memoryview]:
     """Turn one TUN read (virtio_net_hdr + packet) into plain IP packets with complete, correct checksums.
 

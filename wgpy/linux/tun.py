@@ -25,6 +25,7 @@ from wgpy.linux.offload import (
     VNET_HDR_ZERO,
     OffloadError,
     coalesce_iov,
+    finish_checksums,
     split_super_packet,
 )
 
@@ -53,6 +54,7 @@ UDP_OFFLOADS = TUN_F_USO4 | TUN_F_USO6  # EINVAL for either alone
 IFNAMSIZ = 16
 _IFREQ_FLAGS = struct.Struct("16sH22x")  # struct ifreq: name, ifr_flags, padding to 40 bytes
 _IFREQ_INT = struct.Struct("16si20x")  # struct ifreq: name, ifr_mtu
+_CSUM_FIELDS = struct.Struct("=HH")  # csum_start, csum_offset of the virtio_net_hdr, at offset 6
 
 # The largest read: a 64 KB super-packet plus its virtio_net_hdr.
 READ_BUFFER = 65535 + VNET_HDR_LEN
@@ -242,6 +244,7 @@ class Tun:
         readv = os.readv
         vnet = self.vnet_hdr
         stats = self.stats
+        partial: list[tuple[bytearray, int, int]] = []  # single packets whose checksum is left to us
         while len(out) < max_packets:
             try:
                 n = readv(fd, [buf])
@@ -262,8 +265,19 @@ class Tun:
             if n <= VNET_HDR_LEN:
                 stats.read_errors += 1
                 continue
-            if buf[1] == 0 and not buf[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM:
-                out.append(bytes(mv[VNET_HDR_LEN:n]))
+            if buf[1] == 0:
+                if not buf[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM:
+                    out.append(bytes(mv[VNET_HDR_LEN:n]))
+                    continue
+                # Not a super-packet, but its checksum is only the pseudo-header sum: finished below, together.
+                start, offset = _CSUM_FIELDS.unpack_from(buf, 6)
+                size = n - VNET_HDR_LEN
+                if start >= size or start + offset + 2 > size:
+                    stats.read_errors += 1
+                    continue
+                pkt = bytearray(mv[VNET_HDR_LEN:n])
+                partial.append((pkt, start, offset))
+                out.append(memoryview(pkt))
                 continue
             try:
                 segments = split_super_packet(mv[:VNET_HDR_LEN], mv[VNET_HDR_LEN:n], views=True)
@@ -273,6 +287,8 @@ class Tun:
             if buf[1]:
                 stats.super_packets_read += 1
             out.extend(segments)
+        if partial:
+            finish_checksums(partial)
         stats.packets_read += len(out)
         return out
 

@@ -241,6 +241,12 @@ class UdpSocket:
         # handed out (shrunk to size), instead of into our buffer and then once more (up to 64 KB per GRO read).
         recvmsg = sock.recvmsg
         errors = 0
+        # Datagrams of one batch mostly come from one endpoint with the same control messages: the endpoint
+        # tuple and the parsed control messages (GRO size, sticky source) are reused while they repeat.
+        last_addr: object = None
+        last_anc: object = None
+        endpoint: Endpoint = ("", 0)
+        gso_size = 0
         while len(out) < max_datagrams:
             try:
                 data, ancdata, _flags, addr = recvmsg(RECV_BUFFER, _CMSG_SPACE)
@@ -255,20 +261,25 @@ class UdpSocket:
                 if code in _FATAL_SEND_ERRORS or errors > 16:
                     break
                 continue
-            host = addr[0]
-            if v6 and host.startswith("::ffff:"):
-                host = canonical_host(host)
-            endpoint = (host, addr[1])
-            gso_size = 0
-            for level, ctype, cdata in ancdata:
-                if level == SOL_UDP and ctype == UDP_GRO:
-                    gso_size = _INT.unpack_from(cdata)[0]
-                elif level == socket.IPPROTO_IP and ctype == IP_PKTINFO:
-                    ifindex, spec_dst, _dst = _IN_PKTINFO.unpack_from(cdata)
-                    self._remember(endpoint, socket.AF_INET, spec_dst, ifindex)
-                elif level == socket.IPPROTO_IPV6 and ctype == IPV6_PKTINFO:
-                    dst6, ifindex = _IN6_PKTINFO.unpack_from(cdata)
-                    self._remember(endpoint, socket.AF_INET6, dst6, ifindex)
+            if addr != last_addr:
+                host = addr[0]
+                if v6 and host.startswith("::ffff:"):
+                    host = canonical_host(host)
+                endpoint = (host, addr[1])
+                last_addr = addr
+                last_anc = None
+            if ancdata != last_anc:
+                last_anc = ancdata
+                gso_size = 0
+                for level, ctype, cdata in ancdata:
+                    if level == SOL_UDP and ctype == UDP_GRO:
+                        gso_size = _INT.unpack_from(cdata)[0]
+                    elif level == socket.IPPROTO_IP and ctype == IP_PKTINFO:
+                        ifindex, spec_dst, _dst = _IN_PKTINFO.unpack_from(cdata)
+                        self._remember(endpoint, socket.AF_INET, spec_dst, ifindex)
+                    elif level == socket.IPPROTO_IPV6 and ctype == IPV6_PKTINFO:
+                        dst6, ifindex = _IN6_PKTINFO.unpack_from(cdata)
+                        self._remember(endpoint, socket.AF_INET6, dst6, ifindex)
             n = len(data)
             if gso_size and n > gso_size:
                 dmv = memoryview(data)
