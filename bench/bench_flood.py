@@ -308,7 +308,7 @@ def core_costs(rounds: int = 7) -> dict[str, float]:
 
 SO_ATTACH_REUSEPORT_CBPF = 51
 HANDSHAKE_SOCKET_BUFFER = 256 << 10
-HANDSHAKE_BUDGET = 64  # handshake messages read per wakeup
+HANDSHAKE_BUDGET = int(os.environ.get("WGPY_STEER_BUDGET", "64"))  # handshake messages read per wakeup
 # Classic BPF run by the kernel's SO_REUSEPORT selection with the UDP header already pulled: byte 0 of the payload
 # is the WireGuard message type. Transport (4) -> socket 0 of the group (data), anything else -> socket 1.
 _STEER_PROGRAM = ((0x30, 0, 0, 0), (0x15, 0, 1, 4), (0x06, 0, 0, 0), (0x06, 0, 0, 1))  # ldb [0]; jeq #4; ret 0; ret 1
@@ -316,8 +316,8 @@ _STEER_PROGRAM = ((0x30, 0, 0, 0), (0x15, 0, 1, 4), (0x06, 0, 0, 0), (0x06, 0, 0
 
 def run_steered_wgpyd(argv: list[str]) -> int:
     """wgpyd with its IPv4 UDP socket split in two by a reuseport BPF program: the data socket keeps the 8 MiB
-    buffer, handshake messages go to a second socket with a 256 KiB buffer, read at most 64 per wakeup (the data
-    socket is drained as before).
+    buffer, handshake messages go to a second socket with a 256 KiB buffer, read at most 64 per wakeup
+    (``WGPY_STEER_BUDGET`` changes that; the data socket is drained as before).
     A measurement of the proposal only (it patches wgpy.linux.udp in this process, leaves the repository alone)."""
     import ctypes
 
