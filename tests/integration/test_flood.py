@@ -265,14 +265,14 @@ def test_bad_mac1_and_garbage_floods_are_dropped_without_load(netlab: Lab, mode:
     assert lab.client.ns.ping(lab.server.inner4).returncode == 0
 
 
-def test_replayed_transport_messages_are_dropped_and_change_nothing(netlab: Lab) -> None:  # noqa: F811
+def test_replayed_transport_messages_are_dropped_and_change_nothing(netlab: Lab, tmp_path: Path) -> None:  # noqa: F811
     """Transport messages captured on the wire and sent again from their own (spoofed) source address, to another
     of the server's addresses: every copy is dropped by the replay window, nothing is delivered twice, and the
     tunnel is unaffected (no roaming, no change of the address replies leave from)."""
     lab = flood_lab(netlab)
     s, c = lab.server, lab.client
     veth = s.ns.run(["ip", "-o", "-4", "addr", "show", "to", s.outer4]).stdout.split()[1]
-    capture_file = f"/tmp/{s.iface}-capture.jsonl"
+    capture_file = str(tmp_path / "capture.jsonl")
     capture = s.ns.popen(
         ["python3", "-m", "tools.flood", "capture", "--iface", veth, "--port", str(s.port), "--count", "300",
          "--seconds", "20", "--out", capture_file],
@@ -317,7 +317,6 @@ def test_replayed_transport_messages_are_dropped_and_change_nothing(netlab: Lab)
     assert s.wg("show", s.iface, "endpoints").stdout == endpoints_before
     assert c.ns.ping(s.inner4).returncode == 0, report
     assert s.ns.ping(c.inner4).returncode == 0, report
-    os.unlink(capture_file)
 
 
 def test_spoofed_datagram_does_not_move_the_reply_source(netlab: Lab) -> None:  # noqa: F811

@@ -183,6 +183,7 @@ CI_SCHEDULE = [
 ]
 
 
+@pytest.mark.slow
 def test_soak_short(netlab: Lab) -> None:  # noqa: F811
     result, a, b = soak(netlab, 45.0, 300.0, CI_SCHEDULE, sample_every=3.0)
     # Three forced rekeys, each one at least one handshake on wgpyd's side; the last came after the PSK change.
