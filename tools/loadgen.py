@@ -1,7 +1,7 @@
 """Load processes for the scale and soak tests: many real WireGuard clients, and sequence-numbered UDP flows.
 
     python3 -m tools.loadgen clients --server 198.18.3.1:51820 --server-key B64 --seed HEX --count 1000
-        [--bind 198.18.3.2] [--server-inner 10.0.0.1] [--pings 3] [--handshake-rate 200] [--seconds 120]
+        [--bind 198.18.3.2|198.19.250.0/24] [--server-inner 10.0.0.1] [--pings 3] [--handshake-rate 200] [--seconds 120]
     python3 -m tools.loadgen flow --bind 10.0.0.1 --peer 10.0.0.2 [--port 7000] [--rate 1000] [--seconds 60]
 
 ``clients``: N WireGuard clients in one process, each a :class:`wgpy.protocol.device.Device` with its own private
@@ -75,6 +75,17 @@ def client_address(index: int) -> str:
     return str(CLIENT_NET.network_address + 1 + index)
 
 
+def bind_address(bind: str, n: int) -> str:
+    """``bind`` itself, or for a network (``198.19.250.0/24``) its n-th host address: one source address per
+    client, so that per-address limits (the responder's rate limiter under load) apply to each client alone."""
+    if "/" not in bind:
+        return bind
+    net = ipaddress.ip_network(bind, strict=False)
+    if n >= net.num_addresses - 2:
+        raise ValueError(f"{bind} has fewer than {n + 1} host addresses")
+    return str(net.network_address + 1 + n)
+
+
 # --- ICMP echo, built by hand because no library builds raw IPv4 packets for a TUN-less core ----------------------
 
 
@@ -144,7 +155,7 @@ def run_clients(
         device.add_allowed_ip(peer, ipaddress.ip_network(f"{server_inner}/32"))
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.setblocking(False)
-        sock.bind((bind, 0))
+        sock.bind((bind_address(bind, i - first), 0))
         client = Client(i, client_address(i), device, peer, sock)
         clients.append(client)
         by_fd[sock.fileno()] = client
@@ -342,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--seed", required=True, help="hex seed the client keys are derived from")
     c.add_argument("--count", type=int, default=1000)
     c.add_argument("--first", type=int, default=0, help="index of the first client")
-    c.add_argument("--bind", default="0.0.0.0", help="local address of every client socket")
+    c.add_argument("--bind", default="0.0.0.0",
+                   help="local address of every client socket, or a network: one host address per client")
     c.add_argument("--pings", type=int, default=3, help="echo requests per client, all must be answered")
     c.add_argument("--handshake-rate", type=float, default=200.0, help="new clients started per second")
     c.add_argument("--seconds", type=float, default=120.0)

@@ -39,6 +39,8 @@ from tests.integration.test_daemon_lab import (
 from tests.netns import Lab, Namespace, netlab  # noqa: F401  (the fixture)
 from tools import flood as flood_tool
 from tools.flood import datagram
+from tools.loadgen import client_address, client_keys
+from wgpy import keys
 from wgpy.protocol.constants import PACKETS_BURSTABLE, PACKETS_PER_SECOND
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -366,3 +368,36 @@ def test_flood_tool_builds_what_it_claims() -> None:
         flood_tool.spoofed_sources("192.0.2.0/24", 10)
     with pytest.raises(SystemExit):
         flood_tool.check_address("192.0.2.1")
+
+
+def test_new_clients_get_through_with_cookies_during_a_flood(netlab: Lab) -> None:  # noqa: F811
+    """While a spoofed valid-mac1 flood keeps wgpyd under load, 20 new WireGuard clients (tools/loadgen.py, each
+    with its own address) still complete their handshakes: their first initiation gets a cookie reply, the retry
+    carries a valid mac2 and passes the per-address rate limiter. Their pings are then answered."""
+    lab = flood_lab(netlab)
+    s = lab.server
+    s.ns.run(["ip", "route", "add", "10.1.0.0/16", "dev", s.iface])
+    count = 20
+    seed = os.urandom(16)
+    conf = "".join(f"[Peer]\nPublicKey = {keys.to_base64(public)}\nAllowedIPs = {client_address(i)}/32\n"
+                   for i, (_private, public) in enumerate(client_keys(seed, count)))
+    s.wg("addconf", s.iface, "/dev/stdin", input=conf)
+    before = read_stats(s)
+    flood = lab.flooder.popen(lab.flood_args("valid", 25000, 25), env=TOOLS_ENV, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    wait_until(lambda: delta(read_stats(s), before, "under_load_periods") >= 1, 15, "wgpyd to be under load")
+    out = lab.flooder.run(
+        ["python3", "-m", "tools.loadgen", "clients", "--server", f"{SERVER_FLOOD_ADDR}:{s.port}", "--server-key",
+         s.public, "--seed", seed.hex(), "--count", str(count), "--bind", "198.19.250.0/24", "--pings", "2",
+         "--handshake-rate", "0", "--seconds", "20"],
+        env=TOOLS_ENV, timeout=90,
+    )
+    flood_out, _ = flood.communicate(timeout=60)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    after = read_stats(s)
+    changed = {k: delta(after, before, k) for k in after if delta(after, before, k)}
+    report = f"clients={result} flood={flood_out.decode().strip()} stats_delta={changed}"
+    assert result["complete"] == count and result["failed_count"] == 0, report
+    assert result["cookie_replies_received"] >= count, report  # each went through the cookie dance
+    assert delta(after, before, "handshake_responses_sent") >= count, report
+    assert delta(after, before, "cookie_replies_sent") > result["cookie_replies_received"], report  # flood too
