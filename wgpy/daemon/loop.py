@@ -32,12 +32,12 @@ import struct
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Final, cast
+from typing import Final
 
 from wgpy.linux.tun import Tun, TunGoneError
 from wgpy.linux.udp import UdpSocket
 from wgpy.protocol.device import Device, Event, EventKind
-from wgpy.protocol.peer import Endpoint, Peer
+from wgpy.protocol.peer import Endpoint
 from wgpy.uapi.apply import SocketControl, apply_set, format_get, format_stats
 from wgpy.uapi.request import GetRequest, Request, SetRequest, StatsRequest
 from wgpy.uapi.server import UapiServer
@@ -195,12 +195,11 @@ class EventLoop:
                 if datagrams:
                     self._note_backlog(datagrams)
                     changed = self._changed_sources(datagrams)
-                    rx_before = {peer: peer.rx_bytes for peer in device.peers()} if changed else None
-                    device.receive(cast("list[tuple[bytes, Endpoint]]", datagrams), now, wall)
-                    if rx_before is not None:
-                        self._settle_sources(changed, rx_before)
+                    authenticated = device.receive(datagrams, now, wall)
+                    if changed:
+                        self._settle_sources(changed, authenticated)
                 if packets:
-                    device.send(cast("list[bytes]", packets), now, wall)
+                    device.send(packets, now, wall)
                 deadline = device.next_deadline()
                 if deadline is not None and deadline <= now:
                     device.tick(now, wall)
@@ -264,21 +263,19 @@ class EventLoop:
                 changed.append(endpoint)
         return changed
 
-    def _settle_sources(self, changed: list[Endpoint], rx_before: dict[Peer, int]) -> None:
+    def _settle_sources(self, changed: list[Endpoint], authenticated: set[Endpoint]) -> None:
         """Keep a new reply source only if a message from that endpoint authenticated in this batch.
 
         Linux and wireguard-go learn a peer's endpoint, and the local address they answer it from, only from
         authenticated packets. Otherwise one spoofed datagram, with a peer's address as its source and another of
         our addresses as its destination, would make us answer that peer from the address the attacker chose.
         An unconfirmed source is forgotten (the kernel's routing picks the source again) until an authenticated
-        message from the endpoint records one. Every authenticated message raises the peer's ``rx_bytes``.
+        message from the endpoint records one. The core tells which sources authenticated, so this costs nothing
+        per peer, even under a flood of spoofed sources.
         """
-        wanted = set(changed)
-        by_endpoint = {peer.endpoint: peer for peer in self.device.peers() if peer.endpoint in wanted}
         confirmed = self.confirmed_sources
         for endpoint in changed:
-            peer = by_endpoint.get(endpoint)
-            if peer is not None and peer.rx_bytes > rx_before.get(peer, 0):
+            if endpoint in authenticated:
                 if len(confirmed) >= MAX_CONFIRMED_SOURCES and endpoint not in confirmed:
                     confirmed.clear()  # bounded; a forgotten entry costs one more check, never correctness
                 confirmed[endpoint] = self.udp.source_for(endpoint)

@@ -27,7 +27,7 @@ from cryptography.exceptions import InvalidTag
 from wgpy.protocol import constants as C
 from wgpy.protocol.allowedips import AllowedIPs
 from wgpy.protocol.cookie import CookieChecker, CookieGenerator, endpoint_source_bytes
-from wgpy.protocol.crypto import CryptoError, generate_private_key
+from wgpy.protocol.crypto import CryptoError, clamp, generate_private_key
 from wgpy.protocol.keypair import NONCE, Keypair
 from wgpy.protocol.messages import (
     INITIATION_SIZE,
@@ -52,6 +52,8 @@ from wgpy.protocol.rng import RandomSource, SystemRandomSource
 from wgpy.protocol.tai64n import tai64n
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+#: Packets and datagrams may come as bytes or as memoryviews over the shell's receive buffers.
+Buffer = bytes | memoryview
 
 _TYPE_INITIATION = 1
 _TYPE_RESPONSE = 2
@@ -187,6 +189,7 @@ class Device:
         self._heap_seq = 0
         self._out: list[tuple[Endpoint, list[bytes]]] = []
         self._packets: list[bytes] = []
+        self._authenticated: set[Endpoint] = set()
         self.events: list[Event] | None = None  # set to [] to record events
         # Handshake-load accounting for under-load detection.
         self._hs_window_start = 0.0
@@ -209,6 +212,10 @@ class Device:
     def set_private_key(self, key: bytes | None, now: float) -> None:
         """Change the static identity: precompute every peer's static-static DH again and stop current sessions
         from sending, so that the next packet triggers a handshake under the new key (as the references do)."""
+        if key is not None:
+            if len(key) != C.KEY_LEN:
+                raise ValueError("private key must be 32 bytes")
+            key = clamp(key)  # as wireguard-go stores it, so `get` shows the key actually in use
         if key is not None and self.local is not None and key == self.local.private_key:
             return
         self.local = LocalStatic.from_private(key) if key is not None else None
@@ -497,15 +504,19 @@ class Device:
 
     # ------------------------------------------------------------------ sending
 
-    def send(self, packets: Iterable[bytes], now: float, wall: float) -> None:
-        """IP packets from the TUN device: route each to its peer, then encrypt per peer in one pass."""
+    def send(self, packets: Iterable[Buffer], now: float, wall: float) -> None:
+        """IP packets from the TUN device: route each to its peer, then encrypt per peer in one pass.
+
+        Packets that must wait for a handshake are kept (staged) past this call, so a memoryview passed here must
+        not be over a buffer the caller reuses. Datagrams given to :meth:`receive` are not kept.
+        """
         lookup = self.allowed_ips.lookup_dst
-        by_peer: dict[Peer, list[bytes]] = {}
+        by_peer: dict[Peer, list[Buffer]] = {}
         no_route = 0
         # Segments of one TSO super-packet (and most batches) share a destination: remember the last lookup for
         # this call, which costs a slice and a compare instead of a longest-prefix match.
-        last_key: bytes | None = None
-        last_batch: list[bytes] | None = None
+        last_key: Buffer | None = None
+        last_batch: list[Buffer] | None = None
         for packet in packets:
             version = packet[0] >> 4 if packet else 0
             key = packet[16:20] if version == 4 else packet[24:40] if version == 6 else None
@@ -640,13 +651,19 @@ class Device:
 
     # ------------------------------------------------------------------ receiving
 
-    def receive(self, datagrams: Iterable[tuple[bytes, Endpoint]], now: float, wall: float) -> None:
+    def receive(self, datagrams: Iterable[tuple[Buffer, Endpoint]], now: float, wall: float) -> set[Endpoint]:
         """Datagrams from the network. Transport messages are decrypted in a tight loop; the per-peer work that
         follows (key confirmation, roaming, timers) runs once per peer per call.
+
+        Returns the source endpoints from which a message authenticated in this call (for each peer, the last
+        one): the shell may trust what it learnt about those sources (the local address they wrote to), and
+        nothing about the others, as the references learn endpoints only from authenticated packets.
 
         Order of checks for transport data, as in the references: length and type, a known receiver index, a live
         keypair, a cheap look at the replay window, authentication, and only then check-and-mark the counter.
         """
+        authenticated: set[Endpoint] = set()
+        self._authenticated = authenticated
         keypairs = self._keypairs
         header = TRANSPORT_HEADER.unpack_from
         word = _HEADER_WORD.unpack_from
@@ -761,6 +778,7 @@ class Device:
             state[3] += 1
         if touched:
             self._finish_receive(touched, now, wall)
+        return authenticated
 
     def _finish_receive(self, touched: dict[Peer, list[Any]], now: float, wall: float) -> None:
         stats = self.stats
@@ -769,6 +787,7 @@ class Device:
             peer.last_received = now
             stats.packets_received += data_count
             self._update_endpoint(peer, source)
+            self._authenticated.add(source)
             next_keypair = peer.next_keypair
             if next_keypair is not None and on_next is next_keypair:
                 self._confirm(peer, next_keypair, now, wall)
@@ -812,7 +831,7 @@ class Device:
             return True
         return self._last_under_load is not None and now - self._last_under_load < self.t.under_load_after_time
 
-    def _receive_handshake_message(self, kind: int, data: bytes, source: Endpoint, now: float, wall: float) -> None:
+    def _receive_handshake_message(self, kind: int, data: Buffer, source: Endpoint, now: float, wall: float) -> None:
         if kind == _TYPE_COOKIE_REPLY:
             self._receive_cookie_reply(data, now)
             return
@@ -856,7 +875,7 @@ class Device:
         else:
             self._receive_response(data, source, now, wall)
 
-    def _receive_cookie_reply(self, data: bytes, now: float) -> None:
+    def _receive_cookie_reply(self, data: Buffer, now: float) -> None:
         reply = CookieReply.parse(data)
         if reply is None:
             self.stats.drop(DropReason.MALFORMED)
@@ -874,7 +893,7 @@ class Device:
         peer = self._peers.get(public_key)
         return peer.remote if peer is not None else None
 
-    def _receive_initiation(self, data: bytes, source: Endpoint, now: float, wall: float) -> None:
+    def _receive_initiation(self, data: Buffer, source: Endpoint, now: float, wall: float) -> None:
         message = Initiation.parse(data)
         local = self.local
         if message is None or local is None:
@@ -900,6 +919,7 @@ class Device:
         peer.latest_timestamp = state.timestamp
         peer.last_initiation_consumed = now
         self._update_endpoint(peer, source)
+        self._authenticated.add(source)
         self._timers_any_authenticated_packet_received(peer)
         self._timers_any_authenticated_packet_traversal(peer, now)
         peer.rx_bytes += len(data)
@@ -924,7 +944,7 @@ class Device:
         self._timers_session_derived(peer, now)
         self._schedule(peer)
 
-    def _receive_response(self, data: bytes, source: Endpoint, now: float, wall: float) -> None:
+    def _receive_response(self, data: Buffer, source: Endpoint, now: float, wall: float) -> None:
         message = Response.parse(data)
         local = self.local
         if message is None or local is None:
@@ -945,6 +965,7 @@ class Device:
         peer.handshake = None
         peer.handshake_index = None
         self._update_endpoint(peer, source)
+        self._authenticated.add(source)
         peer.rx_bytes += len(data)
         self._timers_any_authenticated_packet_received(peer)
         self._timers_any_authenticated_packet_traversal(peer, now)

@@ -68,7 +68,7 @@ class Peer:
     latest_timestamp: bytes = bytes(12)
     last_initiation_consumed: float | None = None
 
-    staged: deque[bytes] = field(default_factory=lambda: deque(maxlen=MAX_STAGED_PACKETS), repr=False)
+    staged: deque[bytes | memoryview] = field(default_factory=lambda: deque(maxlen=MAX_STAGED_PACKETS), repr=False)
     timers: PeerTimers = field(default_factory=PeerTimers)
     # Where this peer's entry in the device's timer heap is scheduled (None = not scheduled).
     scheduled: float | None = None
