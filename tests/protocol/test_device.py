@@ -522,3 +522,21 @@ def test_batch_routes_each_packet_and_filters_each_source() -> None:
     net.run_until(2)
     assert a.delivered == mixed[1::2]
     assert a.device.stats.drops[DropReason.SOURCE_NOT_ALLOWED] == 4
+
+
+def test_cookie_replies_are_bounded_device_wide() -> None:
+    """A flood from many spoofed sources: the per-source limit never binds, the device-wide budget does."""
+    net = SimNetwork()
+    a = net.add_node("a", "198.18.0.1", 51820, "10.0.0.1", seed=1)
+    b = net.add_node("b", "198.18.0.2", 51820, "10.0.0.2", seed=2,
+                     tunables=Tunables(under_load_handshakes=1, max_cookie_replies_per_second=100))
+    net.connect(a, b)
+    ping(net, a, b)
+    initiation = net._flights[0].data
+    sources = [(f"198.19.{i // 250}.{i % 250 + 1}", 1024 + i) for i in range(2000)]
+    b.device.receive([(initiation, src) for src in sources], 0.5, net.wall)
+    replies = [d for _, ds in b.device.take_datagrams() for d in ds]
+    assert len(replies) == 100
+    # Tokens come back at the configured rate.
+    b.device.receive([(initiation, src) for src in sources[:500]], 1.0, net.wall)
+    assert sum(len(ds) for _, ds in b.device.take_datagrams()) == 50

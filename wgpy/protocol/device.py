@@ -150,6 +150,9 @@ class Tunables:
     # 10,000 peers rekeying every two minutes need (about 83 per second).
     under_load_handshakes: int = 1024
     under_load_after_time: float = C.UNDER_LOAD_AFTER_TIME
+    # All cookie replies together, whatever their sources (a flood from many spoofed sources defeats the
+    # per-source limit). At about 5 µs each this bounds the work and the reflected traffic a flood can cause.
+    max_cookie_replies_per_second: int = 4096
     ratelimit_packets_per_second: float = C.PACKETS_PER_SECOND
     ratelimit_burst: int = C.PACKETS_BURSTABLE
 
@@ -196,6 +199,8 @@ class Device:
         self._hs_window_count = 0
         self._last_under_load: float | None = None
         self.backlog_hint = 0
+        self._cookie_tokens = float(self.t.max_cookie_replies_per_second)
+        self._cookie_tokens_time = 0.0
         #: Called with (peer, ephemeral private key) each time we create an ephemeral key, for the debugging key log.
         self.keylog: Callable[[Peer, bytes], None] | None = None
 
@@ -857,7 +862,7 @@ class Device:
             source_bytes = endpoint_source_bytes(source[0], source[1])
             if not self.cookie_checker.check_mac2(data, source_bytes, now):
                 ip = source_bytes[:-2]
-                if self.cookie_ratelimiter.allow(ip, now):
+                if self._cookie_budget(now) and self.cookie_ratelimiter.allow(ip, now):
                     sender = struct.unpack_from("<I", data, 4)[0]
                     reply = self.cookie_checker.create_reply(data, sender, source_bytes, now)
                     self._emit(source, reply)
@@ -874,6 +879,18 @@ class Device:
             self._receive_initiation(data, source, now, wall)
         else:
             self._receive_response(data, source, now, wall)
+
+    def _cookie_budget(self, now: float) -> bool:
+        """A device-wide token bucket for cookie replies. The per-source limiter does not bind when a flood comes
+        from many spoofed sources; this bounds what a flood can make us compute and send, whatever its spread."""
+        rate = self.t.max_cookie_replies_per_second
+        tokens = min(float(rate), self._cookie_tokens + (now - self._cookie_tokens_time) * rate)
+        self._cookie_tokens_time = now
+        if tokens < 1.0:
+            self._cookie_tokens = tokens
+            return False
+        self._cookie_tokens = tokens - 1.0
+        return True
 
     def _receive_cookie_reply(self, data: Buffer, now: float) -> None:
         reply = CookieReply.parse(data)
