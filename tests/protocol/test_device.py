@@ -540,3 +540,25 @@ def test_cookie_replies_are_bounded_device_wide() -> None:
     # Tokens come back at the configured rate.
     b.device.receive([(initiation, src) for src in sources[:500]], 1.0, net.wall)
     assert sum(len(ds) for _, ds in b.device.take_datagrams()) == 50
+
+
+def test_link_down_erases_sessions_and_up_sends_persistent_keepalive() -> None:
+    net = SimNetwork()
+    a, b = pair(net)
+    ping(net, a, b)
+    net.run_until(1)
+    pa = peer_of(a, b)
+    a.device.set_persistent_keepalive(pa, 25, net.now, net.wall)
+    net.pump()
+    a.device.set_link_up(False, net.now, net.wall)
+    assert pa.keypairs() == [] and a.device.next_deadline() is None
+    ping(net, b, a)  # b still has a session: its packet is refused while a is down
+    net.run_until(2)
+    assert a.delivered == [] and a.device.stats.drops[DropReason.LINK_DOWN] >= 1
+    net.log.clear()
+    a.device.set_link_up(True, net.now, net.wall)
+    net.pump()
+    # Up again: the persistent keepalive needs a session, so a handshake starts at once.
+    assert [s.type for s in net.sent("a")] == [INIT]
+    net.run_until(3)
+    assert pa.current is not None

@@ -60,6 +60,7 @@ RTMGRP_LINK: Final = 1
 RTM_NEWLINK: Final = 16
 RTM_DELLINK: Final = 17
 IFLA_MTU: Final = 4
+IFF_UP: Final = 0x1
 NLMSGHDR: Final = struct.Struct("=IHHII")
 IFINFOMSG: Final = struct.Struct("=BxHiII")
 RTATTR: Final = struct.Struct("=HH")
@@ -146,6 +147,7 @@ class EventLoop:
             self.epoll.register(self.inotify.fd, select.EPOLLIN)
 
         # Signals wake epoll through a non-blocking pipe (the handler itself only records the reason).
+        self.link_seen_up = False
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.epoll.register(self.wake_r, select.EPOLLIN)
         self._old_wakeup = signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
@@ -418,6 +420,13 @@ class EventLoop:
                             self.stop("interface deleted")
                         else:
                             self._link_attributes(data[body + IFINFOMSG.size:offset + length])
+                            up = bool(_iflags & IFF_UP)
+                            # The interface is created down and configured before it is brought up (wg-quick);
+                            # only a down that follows an up stops the device.
+                            self.link_seen_up = self.link_seen_up or up
+                            if self.link_seen_up and up != self.device.link_up:
+                                log.debug("Interface state was %s, requested %s", _updown(not up), _updown(up))
+                                self.device.set_link_up(up, time.monotonic(), time.time())
                 offset += (length + 3) & ~3
 
     def _link_attributes(self, attrs: bytes) -> None:
@@ -456,3 +465,7 @@ class EventLoop:
                     return
             except (BlockingIOError, InterruptedError):
                 return
+
+
+def _updown(up: bool) -> str:
+    return "up" if up else "down"

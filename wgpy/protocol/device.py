@@ -90,6 +90,7 @@ class DropReason(Enum):
     NO_ENDPOINT = "no_endpoint"
     STAGED_OVERFLOW = "staged_overflow"
     HANDSHAKE_GAVE_UP = "handshake_gave_up"
+    LINK_DOWN = "link_down"
 
 
 class EventKind(Enum):
@@ -199,6 +200,8 @@ class Device:
         self._hs_window_count = 0
         self._last_under_load: float | None = None
         self.backlog_hint = 0
+        #: Whether the interface is up. Taking it down erases every session, as Linux and wireguard-go do.
+        self.link_up = True
         self._cookie_tokens = float(self.t.max_cookie_replies_per_second)
         self._cookie_tokens_time = 0.0
         #: Called with (peer, ephemeral private key) each time we create an ephemeral key, for the debugging key log.
@@ -300,6 +303,28 @@ class Device:
             peer.timers.persistent_keepalive = None
         elif self.local is not None and peer.endpoint is not None:
             self._send_keepalive(peer, now, wall)
+
+    def set_link_up(self, up: bool, now: float, wall: float) -> None:
+        """Follow the interface going down or up.
+
+        Down: like Linux's wg_stop and wireguard-go's Device.Down, every peer's keys, handshake, staged packets
+        and timers are dropped, and datagrams are refused until the link is up again. Up: peers with a
+        persistent keepalive send one at once (wg_open), so a peer behind NAT becomes reachable again.
+        """
+        if up == self.link_up:
+            return
+        self.link_up = up
+        for peer in self._peers.values():
+            if not up:
+                self._zero_keys(peer)
+                peer.staged.clear()
+                peer.timers = type(peer.timers)()
+                peer.scheduled = None
+                peer.last_initiation_sent = None
+            elif peer.persistent_keepalive and peer.endpoint is not None and self.local is not None:
+                self._send_keepalive(peer, now, wall)
+        if not up:
+            self._heap.clear()
 
     def add_allowed_ip(self, peer: Peer, network: Network) -> None:
         self.allowed_ips.insert(network, peer)
@@ -669,6 +694,11 @@ class Device:
         """
         authenticated: set[Endpoint] = set()
         self._authenticated = authenticated
+        if not self.link_up:
+            if not isinstance(datagrams, list):
+                datagrams = list(datagrams)
+            self.stats.drop(DropReason.LINK_DOWN, len(datagrams))
+            return authenticated
         keypairs = self._keypairs
         header = TRANSPORT_HEADER.unpack_from
         word = _HEADER_WORD.unpack_from
