@@ -197,3 +197,11 @@ def test_failure_while_applying_restores_everything() -> None:
 def test_stats() -> None:
     text = format_stats(Device())
     assert "drop_replay=0\n" in text and "handshakes_completed=0\n" in text
+
+
+def test_ipv4_mapped_endpoint_printed_like_wireguard_go() -> None:
+    from wgpy.uapi.apply import format_endpoint
+
+    assert format_endpoint(("::ffff:102:304", 51820)) == "[::ffff:1.2.3.4]:51820"
+    assert format_endpoint(("fd00::1", 1)) == "[fd00::1]:1"
+    assert format_endpoint(("198.18.0.1", 2)) == "198.18.0.1:2"

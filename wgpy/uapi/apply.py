@@ -211,7 +211,13 @@ def _apply_section(device: Device, section: PeerSection, now: float, wall: float
 
 def format_endpoint(endpoint: Endpoint) -> str:
     host, port = endpoint
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if ":" not in host:
+        return f"{host}:{port}"
+    if host.startswith("::ffff:"):
+        mapped = ipaddress.IPv6Address(host).ipv4_mapped
+        if mapped is not None:  # Go prints IPv4-mapped addresses with the IPv4 part dotted, Python 3.11 does not
+            host = f"::ffff:{mapped}"
+    return f"[{host}]:{port}"
 
 
 def format_get(device: Device) -> str:
