@@ -8,6 +8,7 @@ Every command takes ``argv`` with the subcommand name first, as wg's subcommand 
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import sys
@@ -15,6 +16,7 @@ from typing import BinaryIO, TextIO
 
 from wgpy import config, keys
 from wgpy.config import Config, ConfigError
+from wgpy.ops.audit import AuditError, AuditLog, record_changes, view_of_state
 from wgpy.uapi import client
 from wgpy.uapi.client import DeviceChange, PeerChange
 
@@ -30,6 +32,21 @@ SET_USAGE = (
 
 # --- keys -----------------------------------------------------------------------------------------------
 
+
+
+def apply_audited(iface: str, change: client.DeviceChange) -> None:
+    """Send `change`; with an audit log (WGPY_AUDIT_LOG), record what it changed on the device, as the CLI."""
+    try:
+        audit = AuditLog.from_env()
+    except AuditError as e:
+        raise OSError(errno.EINVAL, f"audit log: {e}") from None
+    if audit is None:
+        client.apply(iface, change)
+        return
+    with audit:
+        before = view_of_state(client.get(iface))
+        client.apply(iface, change)
+        record_changes(audit, "cli", iface, before, view_of_state(client.get(iface)))
 
 def genkey_main(argv: list[str], out: TextIO | None = None, err: TextIO | None = None) -> int:
     """genkey and genpsk (wg's genkey.c serves both)."""
@@ -166,7 +183,7 @@ def set_main(argv: list[str], err: TextIO | None = None) -> int:
         err.write(f"{e}\n")
         return 1
     try:
-        client.apply(argv[1], change)
+        apply_audited(argv[1], change)
     except OSError as e:
         err.write(f"Unable to modify interface: {os.strerror(e.errno) if e.errno else e}\n")
         return 1
@@ -257,7 +274,7 @@ def setconf_main(argv: list[str], err: TextIO | None = None) -> int:
             return 1
         sync_change(change, runtime)
     try:
-        client.apply(iface, change)
+        apply_audited(iface, change)
     except OSError as e:
         err.write(f"Unable to modify interface: {os.strerror(e.errno) if e.errno else e}\n")
         return 1

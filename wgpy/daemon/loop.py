@@ -36,6 +36,7 @@ from typing import Final
 
 from wgpy.linux.tun import Tun, TunGoneError
 from wgpy.linux.udp import UdpSocket
+from wgpy.ops.audit import AuditError, AuditLog, record_changes, view_of_device
 from wgpy.protocol.device import Device, Event, EventKind
 from wgpy.protocol.peer import Endpoint
 from wgpy.uapi.apply import SocketControl, apply_set, format_get, format_stats
@@ -61,6 +62,7 @@ RTM_NEWLINK: Final = 16
 RTM_DELLINK: Final = 17
 IFLA_MTU: Final = 4
 IFF_UP: Final = 0x1
+AUDIT_REJECTIONS_PER_SECOND: Final = 10
 NLMSGHDR: Final = struct.Struct("=IHHII")
 IFINFOMSG: Final = struct.Struct("=BxHiII")
 RTATTR: Final = struct.Struct("=HH")
@@ -125,7 +127,14 @@ class EventLoop:
         self.sockets = SocketControl(self._rebind, self._set_fwmark)
         device.listen_port = udp.port
         device.fwmark = 0
-        if log.isEnabledFor(logging.DEBUG):
+        # The audit log (WGPY_AUDIT_LOG): configuration changes made over the UAPI and the sessions' security
+        # events, one JSON line each. Rejected handshakes are capped per second so a flood cannot fill the disk.
+        self.audit = AuditLog.from_env()
+        self.ifname = tun.name
+        self._rejections_window = 0.0
+        self._rejections_logged = 0
+        self._rejections_suppressed = 0
+        if log.isEnabledFor(logging.DEBUG) or self.audit is not None:
             device.events = []
 
         self.tun_fd = tun.fd
@@ -219,6 +228,8 @@ class EventLoop:
         for sig, handler in self._old_handlers.items():
             signal.signal(sig, handler)
         self.server.close()
+        if self.audit is not None:
+            self.audit.close()
         if self.socket_file is not None:
             try:
                 if self.socket_file.lstat().st_ino == self.socket_inode:
@@ -330,7 +341,37 @@ class EventLoop:
                 log.debug("TUN write failed: %s", exc)
         if device.events is not None:
             for event in device.take_events():
-                self._log_event(event)
+                if log.isEnabledFor(logging.DEBUG):
+                    self._log_event(event)
+                if self.audit is not None:
+                    try:
+                        self._audit_event(event)
+                    except (AuditError, OSError) as exc:  # an audit failure must never stop the tunnel
+                        log.error("audit log: %s", exc)
+
+    def _audit_event(self, event: Event) -> None:
+        assert self.audit is not None
+        public_key = base64.b64encode(event.peer).decode() if event.peer else None
+        if event.kind is EventKind.HANDSHAKE_COMPLETED:
+            self.audit.event("handshake_completed", actor="daemon", interface=self.ifname, public_key=public_key,
+                             role=event.detail)
+        elif event.kind is EventKind.ENDPOINT_CHANGED:
+            self.audit.event("endpoint_changed", actor="daemon", interface=self.ifname, public_key=public_key,
+                             change=event.detail)
+        elif event.kind is EventKind.HANDSHAKE_REJECTED:
+            now = time.monotonic()
+            if now - self._rejections_window >= 1.0:
+                if self._rejections_suppressed:
+                    self.audit.event("handshake_rejected", actor="daemon", interface=self.ifname,
+                                     reason="rate of rejections over the audit cap",
+                                     suppressed=self._rejections_suppressed)
+                self._rejections_window, self._rejections_logged, self._rejections_suppressed = now, 0, 0
+            if self._rejections_logged < AUDIT_REJECTIONS_PER_SECOND:
+                self._rejections_logged += 1
+                self.audit.event("handshake_rejected", actor="daemon", interface=self.ifname, public_key=public_key,
+                                 reason=event.detail)
+            else:
+                self._rejections_suppressed += 1
 
     def _log_event(self, event: Event) -> None:
         who = short_key(event.peer) if event.peer else "device"
@@ -391,7 +432,13 @@ class EventLoop:
             }
             return format_stats(self.device) + "".join(f"{k}={v}\n" for k, v in extra.items()), 0
         assert isinstance(request, SetRequest)
+        before = view_of_device(self.device) if self.audit is not None else None
         apply_set(self.device, request, time.monotonic(), time.time(), self.sockets)
+        if self.audit is not None and before is not None:
+            try:
+                record_changes(self.audit, "uapi", self.ifname, before, view_of_device(self.device))
+            except (AuditError, OSError) as exc:
+                log.error("audit log: %s", exc)
         log.debug("UAPI: set applied (%d device keys, %d peer sections)", len(request.device), len(request.peers))
         return "", 0
 

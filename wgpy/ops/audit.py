@@ -17,15 +17,21 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import os
 import re
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from wgpy.protocol.device import Device
+    from wgpy.uapi.client import DeviceState
 
 ENV_VAR = "WGPY_AUDIT_LOG"
 JOURNAL = "journal"  # WGPY_AUDIT_LOG=journal sends events to the systemd journal
@@ -185,3 +191,105 @@ class AuditLog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# --- configuration changes as audit events ---------------------------------------------------------------------
+#
+# wgpyd (for UAPI requests) and the wgpy command (for set/setconf/addconf/syncconf) both describe a device before
+# and after a change as a DeviceView, and audit the difference. Secrets enter a view only as a keyed digest, to be
+# compared, never written.
+
+_DIGEST_PERSON = b"wgpyaudt"
+
+
+def secret_digest(secret: bytes | None) -> bytes | None:
+    """A digest that tells whether a private or preshared key changed, without holding the key."""
+    if not secret or not any(secret):
+        return None
+    return hashlib.blake2s(secret, person=_DIGEST_PERSON).digest()
+
+
+@dataclass(frozen=True)
+class PeerView:
+    endpoint: str | None
+    allowed_ips: tuple[str, ...]
+    persistent_keepalive: int
+    psk_digest: bytes | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class DeviceView:
+    public_key: str | None
+    private_digest: bytes | None = field(repr=False)
+    listen_port: int
+    fwmark: int
+    peers: dict[str, PeerView]  # base64 public key -> view
+
+
+def _endpoint_text(endpoint: tuple[str, int] | None) -> str | None:
+    if endpoint is None:
+        return None
+    host, port = endpoint
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def view_of_state(state: DeviceState) -> DeviceView:
+    """The view of a device as read over the UAPI (any daemon)."""
+    return DeviceView(
+        public_key=base64.b64encode(state.public_key).decode() if state.public_key else None,
+        private_digest=secret_digest(state.private_key),
+        listen_port=state.listen_port,
+        fwmark=state.fwmark,
+        peers={
+            base64.b64encode(p.public_key).decode(): PeerView(
+                _endpoint_text(p.endpoint), tuple(str(n) for n in p.allowed_ips), p.persistent_keepalive,
+                secret_digest(p.preshared_key),
+            )
+            for p in state.peers
+        },
+    )
+
+
+def view_of_device(device: Device) -> DeviceView:
+    """The view of wgpyd's own core."""
+    public = device.public_key
+    return DeviceView(
+        public_key=base64.b64encode(public).decode() if public else None,
+        private_digest=secret_digest(device.private_key),
+        listen_port=device.listen_port,
+        fwmark=device.fwmark,
+        peers={
+            base64.b64encode(p.public_key).decode(): PeerView(
+                _endpoint_text(p.endpoint), tuple(str(n) for n in device.allowed_ips.entries_for(p)),
+                p.persistent_keepalive, secret_digest(p.preshared_key),
+            )
+            for p in device.peers()
+        },
+    )
+
+
+def record_changes(audit: AuditLog, actor: str, interface: str, before: DeviceView, after: DeviceView) -> None:
+    """One audit line per peer added, removed or changed, per PSK change, and for a new private key."""
+    if before.private_digest != after.private_digest:
+        audit.event(AuditEvent.PRIVATE_KEY_CHANGED, actor=actor, interface=interface,
+                    old_public_key=before.public_key, new_public_key=after.public_key)
+    for key, peer in after.peers.items():
+        old = before.peers.get(key)
+        if old is None:
+            audit.event(AuditEvent.PEER_ADDED, actor=actor, interface=interface, public_key=key,
+                        endpoint=peer.endpoint, allowed_ips=list(peer.allowed_ips),
+                        persistent_keepalive=peer.persistent_keepalive)
+            if peer.psk_digest is not None:
+                audit.event(AuditEvent.PSK_CHANGED, actor=actor, interface=interface, public_key=key, cleared=False)
+            continue
+        changed = [name for name in ("endpoint", "allowed_ips", "persistent_keepalive")
+                   if getattr(old, name) != getattr(peer, name)]
+        if changed:
+            audit.event(AuditEvent.PEER_CHANGED, actor=actor, interface=interface, public_key=key, changed=changed,
+                        endpoint=peer.endpoint, allowed_ips=list(peer.allowed_ips),
+                        persistent_keepalive=peer.persistent_keepalive)
+        if old.psk_digest != peer.psk_digest:
+            audit.event(AuditEvent.PSK_CHANGED, actor=actor, interface=interface, public_key=key,
+                        cleared=peer.psk_digest is None)
+    for key in before.peers.keys() - after.peers.keys():
+        audit.event(AuditEvent.PEER_REMOVED, actor=actor, interface=interface, public_key=key)
