@@ -16,7 +16,6 @@ import argparse
 import hashlib
 import importlib.util
 import json
-import os
 import re
 import subprocess
 import sys
@@ -78,8 +77,7 @@ def parse_log(text: str, result: Result) -> None:
             result.crashes.append(artifact.group(1))
 
 
-def run(name: str, *, seconds: float | None, runs: int | None, workdir: Path, nice: int, allow_known: bool,
-        extra: list[str]) -> Result:
+def run(name: str, *, seconds: float | None, runs: int | None, workdir: Path, nice: int, extra: list[str]) -> Result:
     corpus = workdir / name
     artifacts = workdir / "artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
@@ -93,13 +91,10 @@ def run(name: str, *, seconds: float | None, runs: int | None, workdir: Path, ni
     command += [*extra, str(corpus)]
     if nice:
         command = ["nice", "-n", str(nice), *command]
-    env = dict(os.environ)
-    if allow_known:
-        env["WGPY_FUZZ_ALLOW_KNOWN"] = "1"
     log_path = workdir / f"{name}.log"
     start = time.monotonic()
     with open(log_path, "w") as log:
-        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir)
+        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
     result = Result(name, round(time.monotonic() - start, 1), exit_code=code, log=str(log_path))
     parse_log(log_path.read_text(errors="replace"), result)
     return result
@@ -112,8 +107,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=HARNESSES, help="run only these harnesses")
     parser.add_argument("--workdir", type=Path, default=HERE / "corpus", help="corpora, logs and crash inputs")
     parser.add_argument("--nice", type=int, default=19, help="niceness of the fuzzing processes (0: none)")
-    parser.add_argument("--allow-known", action="store_true",
-                        help="keep going past bugs already filed in tests/fuzz/regressions/")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("libfuzzer_args", nargs="*", help="passed on to libFuzzer (after --)")
     args = parser.parse_args(argv)
@@ -125,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     for name in args.only or HARNESSES:
         result = run(name, seconds=args.seconds, runs=args.runs, workdir=args.workdir.resolve(), nice=args.nice,
-                     allow_known=args.allow_known, extra=args.libfuzzer_args)
+                     extra=args.libfuzzer_args)
         results.append(result)
         rate = result.inputs / result.seconds if result.seconds else 0.0
         crashes = ", ".join(result.crashes) if result.crashes else ("none" if result.ok else f"exit {result.exit_code}")
