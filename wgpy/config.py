@@ -496,11 +496,22 @@ def dumps(config: Config, *, wg_quick: bool = True) -> str:
 
 def dump(config: Config, path: str, *, wg_quick: bool = True) -> None:
     """Write `config` to `path` with mode 0600 (it holds a private key), replacing it atomically."""
+    write_private_file(path, dumps(config, wg_quick=wg_quick))
+
+
+def write_private_file(path: str | os.PathLike[str], text: str) -> None:
+    """Write a file that holds keys: mode 0600 from its first byte, flushed to disk, then renamed into place, so
+    a reader sees the old or the new content and never a torn or world-readable one. A missing parent directory
+    is created 0700."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".wgpy-", dir=directory)
+    if not os.path.isdir(directory):
+        os.makedirs(directory, mode=0o700)
+    fd, tmp = tempfile.mkstemp(prefix=".wgpy-", dir=directory)  # mkstemp creates the file 0600
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(dumps(config, wg_quick=wg_quick))
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
         os.chmod(tmp, 0o600)
         os.replace(tmp, path)
     except BaseException:

@@ -22,7 +22,6 @@ import functools
 import ipaddress
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -113,22 +112,7 @@ def safe_filename(name: str) -> str:
 
 def write_private_file(path: Path, text: str) -> None:
     """Write atomically with mode 0600 (the file holds keys), creating a 0700 parent directory if needed."""
-    if not path.parent.exists():
-        path.parent.mkdir(mode=0o700, parents=True)
-    fd, tmp = tempfile.mkstemp(prefix=".wgpy-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    wgconfig.write_private_file(path, text)
 
 
 # ----------------------------------------------------------------------------------------------------
