@@ -4,9 +4,10 @@ Why by hand: no maintained library computes it from Python without per-word inte
 plane needs it for every segment it splits. The pure path leans on one identity: 2**16 ≡ 1 (mod 0xffff), so a
 buffer read as one big-endian integer is congruent to the sum of its 16-bit words, and CPython's bignum code
 does the work in C. bench/bench_offload.py measured (1400-byte packet): this ≈ 2.3 µs, the numpy sum of one
-packet ≈ 2.5 µs (call overhead), but numpy summing all segments of a 64 KB super-packet in one call ≈ 0.3 µs
-per segment. So numpy is used only for :func:`segment_sums`, and only if it imports; everything else is pure
-Python.
+packet ≈ 2.5 µs (call overhead), but numpy summing all segments of a 64 KB super-packet in one call ≈ 0.2 µs
+per segment (:func:`row_sums`). So numpy is used only where one call covers many packets — :func:`segment_sums`
+and :func:`row_sums` here, the whole-array TSO split and ``finish_checksums`` in offload.py — and only if it
+imports; everything else is pure Python.
 
 Sums here are "mod 0xffff" values in [0, 0xfffe]: 0 stands for one's-complement -0 (0xffff). A checksum built
 as ``~s & 0xffff`` from such a value is therefore never 0, which is what UDP needs, and verifies the same for
