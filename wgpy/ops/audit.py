@@ -29,6 +29,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import IO, TYPE_CHECKING, Any
 
+from wgpy.uapi import client
+
 if TYPE_CHECKING:
     from wgpy.protocol.device import Device
     from wgpy.uapi.client import DeviceState
@@ -227,10 +229,7 @@ class DeviceView:
 
 
 def _endpoint_text(endpoint: tuple[str, int] | None) -> str | None:
-    if endpoint is None:
-        return None
-    host, port = endpoint
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return None if endpoint is None else client.format_endpoint(endpoint)
 
 
 def view_of_state(state: DeviceState) -> DeviceView:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from wgpy.protocol.device import Device
 from wgpy.protocol.peer import Endpoint, Peer
+from wgpy.uapi import client
 from wgpy.uapi.request import (
     EADDRINUSE,
     EIO,
@@ -210,14 +211,9 @@ def _apply_section(device: Device, section: PeerSection, now: float, wall: float
 
 
 def format_endpoint(endpoint: Endpoint) -> str:
+    """As wireguard-go prints it: the address in inet_ntop's form (IPv4-mapped addresses dotted, as Go does)."""
     host, port = endpoint
-    if ":" not in host:
-        return f"{host}:{port}"
-    if host.startswith("::ffff:"):
-        mapped = ipaddress.IPv6Address(host).ipv4_mapped
-        if mapped is not None:  # Go prints IPv4-mapped addresses with the IPv4 part dotted, Python 3.11 does not
-            host = f"::ffff:{mapped}"
-    return f"[{host}]:{port}"
+    return client.format_endpoint((client.canonical_host(host), port))
 
 
 def format_get(device: Device) -> str:
