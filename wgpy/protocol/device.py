@@ -62,6 +62,7 @@ _TYPE_TRANSPORT = 4
 _HEADER_WORD = struct.Struct("<I")
 _U16BE = struct.Struct(">H")
 _ZEROS = bytes(16)
+_ALL_SOURCES = bytes(4)  # the cookie budget's one bucket
 # Linux's MAX_TIMER_HANDSHAKES: retries before giving up on a handshake attempt.
 MAX_TIMER_HANDSHAKES = int(C.REKEY_ATTEMPT_TIME / C.REKEY_TIMEOUT)
 
@@ -184,6 +185,11 @@ class Device:
         self.ratelimiter = RateLimiter(
             packets_per_second=self.t.ratelimit_packets_per_second, burst=self.t.ratelimit_burst
         )
+        # All cookie replies together, as one bucket: the per-source limit does not bind against a flood from many
+        # spoofed sources, this bounds what such a flood can make us compute and send, whatever its spread.
+        self.cookie_budget = RateLimiter(
+            packets_per_second=self.t.max_cookie_replies_per_second, burst=self.t.max_cookie_replies_per_second
+        )
         # Cookie replies are rate-limited per source too, so that spoofed floods cannot turn us into a reflector.
         self.cookie_ratelimiter = RateLimiter(
             packets_per_second=self.t.ratelimit_packets_per_second, burst=self.t.ratelimit_burst
@@ -202,8 +208,6 @@ class Device:
         self.backlog_hint = 0
         #: Whether the interface is up. Taking it down erases every session, as Linux and wireguard-go do.
         self.link_up = True
-        self._cookie_tokens = float(self.t.max_cookie_replies_per_second)
-        self._cookie_tokens_time = 0.0
         #: Called with (peer, ephemeral private key) each time we create an ephemeral key, for the debugging key log.
         self.keylog: Callable[[Peer, bytes], None] | None = None
 
@@ -892,7 +896,7 @@ class Device:
             source_bytes = endpoint_source_bytes(source[0], source[1])
             if not self.cookie_checker.check_mac2(data, source_bytes, now):
                 ip = source_bytes[:-2]
-                if self._cookie_budget(now) and self.cookie_ratelimiter.allow(ip, now):
+                if self.cookie_budget.allow(_ALL_SOURCES, now) and self.cookie_ratelimiter.allow(ip, now):
                     sender = struct.unpack_from("<I", data, 4)[0]
                     reply = self.cookie_checker.create_reply(data, sender, source_bytes, now)
                     self._emit(source, reply)
@@ -909,18 +913,6 @@ class Device:
             self._receive_initiation(data, source, now, wall)
         else:
             self._receive_response(data, source, now, wall)
-
-    def _cookie_budget(self, now: float) -> bool:
-        """A device-wide token bucket for cookie replies. The per-source limiter does not bind when a flood comes
-        from many spoofed sources; this bounds what a flood can make us compute and send, whatever its spread."""
-        rate = self.t.max_cookie_replies_per_second
-        tokens = min(float(rate), self._cookie_tokens + (now - self._cookie_tokens_time) * rate)
-        self._cookie_tokens_time = now
-        if tokens < 1.0:
-            self._cookie_tokens = tokens
-            return False
-        self._cookie_tokens = tokens - 1.0
-        return True
 
     def _receive_cookie_reply(self, data: Buffer, now: float) -> None:
         reply = CookieReply.parse(data)
