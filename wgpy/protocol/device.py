@@ -46,7 +46,7 @@ from wgpy.protocol.noise import (
     create_initiation,
     create_response,
 )
-from wgpy.protocol.peer import Endpoint, Peer
+from wgpy.protocol.peer import Endpoint, Peer, PeerTimers
 from wgpy.protocol.ratelimiter import RateLimiter
 from wgpy.protocol.rng import RandomSource, SystemRandomSource
 from wgpy.protocol.tai64n import tai64n
@@ -271,9 +271,13 @@ class Device:
         if peer is None:
             return
         self.allowed_ips.remove_by_peer(peer)
+        self._stop_peer(peer)
+
+    def _stop_peer(self, peer: Peer) -> None:
+        """Forget the peer's sessions, handshake, waiting packets and timers (its configuration stays)."""
         self._zero_keys(peer)
         peer.staged.clear()
-        peer.timers.__init__()  # type: ignore[misc]
+        peer.timers = PeerTimers()
         peer.scheduled = None
 
     def remove_all_peers(self) -> None:
@@ -320,10 +324,7 @@ class Device:
         self.link_up = up
         for peer in self._peers.values():
             if not up:
-                self._zero_keys(peer)
-                peer.staged.clear()
-                peer.timers = type(peer.timers)()
-                peer.scheduled = None
+                self._stop_peer(peer)
                 peer.last_initiation_sent = None
             elif peer.persistent_keepalive and peer.endpoint is not None and self.local is not None:
                 self._send_keepalive(peer, now, wall)
