@@ -154,7 +154,7 @@ class Tunables:
     under_load_after_time: float = C.UNDER_LOAD_AFTER_TIME
     # All cookie replies together, whatever their sources (a flood from many spoofed sources defeats the
     # per-source limit). At about 5 µs each this bounds the work and the reflected traffic a flood can cause.
-    max_cookie_replies_per_second: int = 4096
+    max_cookie_replies_per_second: int = 16384
     ratelimit_packets_per_second: float = C.PACKETS_PER_SECOND
     ratelimit_burst: int = C.PACKETS_BURSTABLE
 
