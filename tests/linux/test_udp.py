@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import select
 import socket
 import time
@@ -12,7 +13,7 @@ import pytest
 
 from tests.netns import Lab, lab
 from wgpy.linux import in_netns
-from wgpy.linux.udp import SO_MARK, UdpSocket, canonical_host
+from wgpy.linux.udp import HANDSHAKE_SOCKET_BUFFER, SO_MARK, UdpSocket, canonical_host
 
 
 @pytest.fixture
@@ -39,11 +40,13 @@ def drain(sock: UdpSocket, want: int, timeout: float = 3.0) -> list[tuple[bytes,
 
 
 def payloads() -> list[bytes]:
-    """Runs that exercise every GSO boundary: > 128 segments, > 65507 bytes, a short tail, size changes."""
+    """Runs that exercise every GSO boundary: > 128 segments, > 65507 bytes, a short tail, size changes. Each
+    starts with byte 4 (WireGuard transport data), which handshake steering keeps in the data socket, the one
+    with GRO."""
     out = [bytes([i & 0xFF]) * 1400 + i.to_bytes(4, "big") for i in range(300)]
     out.append(b"short tail")
     out += [bytes([7]) * 700] * 5 + [b"x" * 1500] + [bytes([i]) * 64 for i in range(200)]
-    return out
+    return [b"\x04" + p for p in out]
 
 
 @pytest.mark.parametrize("send_offload,recv_offload", [(True, True), (True, False), (False, True), (False, False)])
@@ -67,10 +70,14 @@ def test_batches_arrive_whole_and_in_order(host: str, send_offload: bool, recv_o
             assert rx.stats.gro_batches == 0
 
 
-def test_port_zero_binds_both_families_to_one_port() -> None:
-    with UdpSocket() as s:
+@pytest.mark.parametrize("steer", [True, False])
+def test_port_zero_binds_both_families_to_one_port(steer: bool) -> None:
+    with UdpSocket(steer=steer) as s:
         fds = s.fileno()
-        assert len(fds) == 2 and s.port > 0
+        assert len(fds) == (4 if steer else 2) and s.port > 0
+        assert len(s.handshake_fds) == (2 if steer else 0) and set(fds[2:]) == s.handshake_fds
+        assert s.stats.steering is steer
+        # A plain bind fails on the port, as against wireguard-go: a reuseport group does not let strangers in.
         v4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         v6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
         v6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
@@ -229,8 +236,8 @@ def test_gso_refused_by_the_path_falls_back_to_single_datagrams(netlab: Lab) -> 
         rx = UdpSocket()
     with tx, rx:
         assert tx.gso
-        big = [bytes([i]) * 1600 for i in range(5)]
-        small = [bytes([i]) * 1000 for i in range(5)]
+        big = [b"\x04" + bytes([i]) * 1600 for i in range(5)]  # transport data: the steered data socket
+        small = [b"\x04" + bytes([i]) * 1000 for i in range(5)]
         for host in ("198.18.8.2", "fd00:8::2"):
             tx.send_batch((host, rx.port), big + small)
             got = drain(rx, 10)
@@ -243,6 +250,8 @@ def test_gso_refused_by_the_path_falls_back_to_single_datagrams(netlab: Lab) -> 
 def test_socket_buffers_are_forced_to_8_mib() -> None:
     with UdpSocket() as s:
         for fd in s.fileno():
+            if fd in s.handshake_fds:
+                continue
             probe = socket.socket(fileno=fd)
             try:
                 # The kernel reports twice what was set (bookkeeping overhead); below 8 MiB means the force
@@ -251,3 +260,70 @@ def test_socket_buffers_are_forced_to_8_mib() -> None:
                 assert probe.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) >= 8 << 20
             finally:
                 probe.detach()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_steering_puts_transport_data_and_handshakes_in_separate_sockets(host: str) -> None:
+    messages = [bytes([kind, 0, 0, 0]) + bytes(size) for kind, size in ((4, 28), (1, 144), (2, 88), (3, 60), (4, 1400))]
+    messages += [b"\x04", b"\x05garbage", b"\x00\x04"]
+    with UdpSocket() as rx, UdpSocket() as tx:
+        tx.send_batch((host, rx.port), messages)
+        got: dict[bool, list[bytes]] = {True: [], False: []}
+        deadline = time.monotonic() + 3
+        while sum(map(len, got.values())) < len(messages) and time.monotonic() < deadline:
+            for fd in rx.fileno():
+                got[fd in rx.handshake_fds] += [bytes(d) for d, _ in rx.recv_batch(fd)]
+        # Message type 4 (transport data) goes to the data socket, whatever its length; everything else, empty
+        # datagrams included, to the small handshake socket.
+        assert sorted(got[False]) == sorted(m for m in messages if m[:1] == b"\x04")
+        assert sorted(got[True]) == sorted(m for m in messages if m[:1] != b"\x04")
+        # An empty datagram has no byte 0: the program's load fails, it returns 0, and the data socket gets it
+        # (the core drops it as malformed).
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM) as raw:
+            raw.sendto(b"", (host, rx.port))
+        time.sleep(0.1)
+        data_fds = [fd for fd in rx.fileno() if fd not in rx.handshake_fds]
+        assert [bytes(d) for fd in data_fds for d, _ in rx.recv_batch(fd)] == [b""]
+
+
+def test_handshake_socket_has_a_small_buffer() -> None:
+    with UdpSocket() as s:
+        for fd in s.handshake_fds:
+            probe = socket.socket(fileno=fd)
+            try:
+                # Twice what was set (kernel bookkeeping): a few hundred handshake messages, not 8 MiB.
+                assert probe.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == 2 * HANDSHAKE_SOCKET_BUFFER
+            finally:
+                probe.detach()
+
+
+def test_a_steered_port_is_refused_to_another_reuseport_socket_bound_the_plain_way() -> None:
+    # A second daemon (or wireguard-go) on the same port gets EADDRINUSE, exactly as without steering.
+    with UdpSocket() as first:
+        with pytest.raises(OSError) as err:
+            UdpSocket(port=first.port)
+        assert err.value.errno == errno.EADDRINUSE
+
+
+def test_rebind_and_close_take_the_handshake_sockets_along() -> None:
+    with UdpSocket() as s:
+        before = set(s.fileno())
+        s.rebind(0)
+        after = set(s.fileno())
+        assert len(after) == 4 and len(s.handshake_fds) == 2 and s.handshake_fds <= after
+        for fd in before - after:  # the old descriptors are closed (unless reused by the new sockets)
+            with pytest.raises(OSError):
+                os.fstat(fd)
+    assert s.fileno() == [] and not s.handshake_fds
+
+
+def test_a_handshake_flood_overflows_only_the_handshake_socket_and_is_counted() -> None:
+    with UdpSocket() as rx, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        for _ in range(3000):  # more initiations than the 256 KiB queue holds (a few hundred)
+            tx.sendto(b"\x01\0\0\0" + bytes(144), ("127.0.0.1", rx.port))
+        for i in range(100):
+            tx.sendto(b"\x04\0\0\0" + i.to_bytes(4, "big") + bytes(24), ("127.0.0.1", rx.port))
+        data_drops, handshake_drops = rx.queue_drops()
+        assert data_drops == 0 and handshake_drops > 1000
+        data = [d for fd in rx.fileno() if fd not in rx.handshake_fds for d, _ in rx.recv_batch(fd)]
+        assert [bytes(d[4:8]) for d in data] == [i.to_bytes(4, "big") for i in range(100)]
