@@ -231,11 +231,12 @@ def test_valid_mac1_flood_gets_rate_limited_cookies_and_tunnel_survives(netlab: 
     assert set(replies["by_type"]) <= {"3"}, report
     assert delta(after, before, "handshake_responses_sent") <= 2, report  # the live peer may rekey, nobody else
     assert delta(after, before, "drop_handshake_failed") <= UNDER_LOAD_HANDSHAKES, report
-    # The live tunnel kept working during the flood, and the daemon is alive and answering. Not every ping: when
-    # the machine's two cores are busy elsewhere, the flood can outrun the daemon and a ping may be lost with it in
-    # the full socket (bench/bench_flood.py measures the loss and latency; docs/hostile-results.md).
+    # The live tunnel lost no ping: the flood went to the steered handshake socket, whatever of it the daemon did
+    # not read in time was dropped there by the kernel, and the data socket's queue never overflowed.
+    assert after["udp_handshake_steering"] == 1, report
+    assert delta(after, before, "udp_data_queue_drops") == 0, report
     sent, received, _avg = parse_ping(ping_out.decode())
-    assert sent == 15 and received >= 10, ping_out.decode() + report
+    assert sent == 15 and received == 15, ping_out.decode() + report
     assert lab.server.pids() == [pid]
     assert lab.client.ns.ping(lab.server.inner4).returncode == 0
     # Memory bounded: the per-source tables are bounded (65,536 entries) and 250 sources need little.
