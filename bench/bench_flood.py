@@ -32,7 +32,6 @@ import platform
 import random
 import re
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -64,7 +63,7 @@ from wgpy.protocol.constants import PACKETS_BURSTABLE, PACKETS_PER_SECOND  # noq
 from wgpy.protocol.crypto import hash as blake2s_hash  # noqa: E402
 from wgpy.protocol.crypto import public_key  # noqa: E402
 
-STEERED = "wgpyd-steered"
+UNSTEERED = "wgpyd-unsteered"
 
 
 @dataclass
@@ -304,77 +303,21 @@ def core_costs(rounds: int = 7) -> dict[str, float]:
     return out
 
 
-# --- experiment: proposal 1 of docs/hostile-results.md, handshakes and data in two sockets ---------------------
-
-SO_ATTACH_REUSEPORT_CBPF = 51
-HANDSHAKE_SOCKET_BUFFER = 256 << 10
-HANDSHAKE_BUDGET = int(os.environ.get("WGPY_STEER_BUDGET", "64"))  # handshake messages read per wakeup
-# Classic BPF run by the kernel's SO_REUSEPORT selection with the UDP header already pulled: byte 0 of the payload
-# is the WireGuard message type. Transport (4) -> socket 0 of the group (data), anything else -> socket 1.
-_STEER_PROGRAM = ((0x30, 0, 0, 0), (0x15, 0, 1, 4), (0x06, 0, 0, 0), (0x06, 0, 0, 1))  # ldb [0]; jeq #4; ret 0; ret 1
+# --- comparison: wgpyd without handshake steering (one socket per family, as before wgpy/linux/udp.py steered) ---
 
 
-def run_steered_wgpyd(argv: list[str]) -> int:
-    """wgpyd with its IPv4 UDP socket split in two by a reuseport BPF program: the data socket keeps the 8 MiB
-    buffer, handshake messages go to a second socket with a 256 KiB buffer, read at most 64 per wakeup
-    (``WGPY_STEER_BUDGET`` changes that; the data socket is drained as before).
-    A measurement of the proposal only (it patches wgpy.linux.udp in this process, leaves the repository alone)."""
-    import ctypes
-
-    from wgpy.daemon import loop
+def run_unsteered_wgpyd(argv: list[str]) -> int:
+    """wgpyd with handshake steering switched off: data and handshake messages share one socket per family.
+    For the comparison only (it changes UdpSocket's default in this process, leaves the repository alone)."""
     from wgpy.daemon.main import main as wgpyd_main
     from wgpy.linux import udp
-    from wgpy.protocol.peer import Endpoint
 
-    program = b"".join(struct.pack("HBBI", *ins) for ins in _STEER_PROGRAM)
-    program_buffer = ctypes.create_string_buffer(program)
-    fprog = struct.pack("HL", len(_STEER_PROGRAM), ctypes.addressof(program_buffer))
-    original_make = udp.UdpSocket._make
-    original_install = udp.UdpSocket._install
+    original_init = udp.UdpSocket.__init__
 
-    def make(self: udp.UdpSocket, family: int, port: int) -> socket.socket:
-        if family != socket.AF_INET:
-            return original_make(self, family, port)
-        pair = []
-        for i in range(2):
-            sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.setsockopt(socket.IPPROTO_IP, udp.IP_PKTINFO, 1)
-            sock.bind(("0.0.0.0", port))
-            port = sock.getsockname()[1]
-            if i == 0:
-                udp._set_buffers(sock)
-            else:
-                sock.setsockopt(socket.SOL_SOCKET, udp.SO_RCVBUFFORCE, HANDSHAKE_SOCKET_BUFFER)
-            pair.append(sock)
-        pair[0].setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
-        old = getattr(self, "_handshake_socket", None)
-        if old is not None:
-            old.close()
-        self._handshake_socket = pair[1]  # type: ignore[attr-defined]
-        return pair[0]
+    def init(self: udp.UdpSocket, port: int = 0, fwmark: int = 0, offload: bool = True, steer: bool = True) -> None:
+        original_init(self, port, fwmark, offload, steer=False)
 
-    def install(self: udp.UdpSocket, v4: socket.socket, v6: socket.socket | None, port: int) -> None:
-        original_install(self, v4, v6, port)
-        handshake = getattr(self, "_handshake_socket", None)
-        if handshake is not None:
-            self._by_fd[handshake.fileno()] = handshake
-
-    original_read = loop.EventLoop._read_udp
-
-    def read_udp(self: loop.EventLoop, fd: int, datagrams: list[tuple[loop.Buffer, Endpoint]]) -> None:
-        handshake = getattr(self.udp, "_handshake_socket", None)
-        if handshake is None or fd != handshake.fileno():
-            original_read(self, fd, datagrams)
-            return
-        try:  # a bounded budget per wakeup: the data socket is served again after at most this many
-            datagrams.extend(self.udp.recv_batch(fd, HANDSHAKE_BUDGET))
-        except OSError:
-            pass
-
-    udp.UdpSocket._make = make  # type: ignore[method-assign]
-    udp.UdpSocket._install = install  # type: ignore[method-assign]
-    loop.EventLoop._read_udp = read_udp  # type: ignore[method-assign]
+    udp.UdpSocket.__init__ = init  # type: ignore[method-assign]
     return wgpyd_main(argv)
 
 
@@ -410,20 +353,21 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--servers", default=f"{WGPYD},{WIREGUARD_GO}",
-                        help=f"comma-separated: {WGPYD}, {WIREGUARD_GO}, {STEERED} (proposal 1, patched wgpyd)")
-    parser.add_argument("--steered-wgpyd", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+                        help=f"comma-separated: {WGPYD}, {WIREGUARD_GO}, {UNSTEERED} (wgpyd, one socket per family)")
+    parser.add_argument("--unsteered-wgpyd", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.steered_wgpyd is not None:
-        return run_steered_wgpyd(args.steered_wgpyd)
+    if args.unsteered_wgpyd is not None:
+        return run_unsteered_wgpyd(args.unsteered_wgpyd)
     iperf_s, ping_n, cost_s = (2, 10, 1.5) if args.quick else (5, 30, 3.0)
     results = Results(f"{platform.node()} {os.cpu_count()} CPUs {platform.release()}",
                       time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
     tmp = Path(tempfile.mkdtemp(prefix="wgpy-flood-"))
     for kind in args.servers.split(","):
         with lab() as the_lab:
-            if kind == STEERED:
-                fl = flood_lab(the_lab, WGPYD, command=f"{sys.executable} {Path(__file__).resolve()} --steered-wgpyd")
-                fl.label = STEERED
+            if kind == UNSTEERED:
+                fl = flood_lab(the_lab, WGPYD,
+                               command=f"{sys.executable} {Path(__file__).resolve()} --unsteered-wgpyd")
+                fl.label = UNSTEERED
             else:
                 fl = flood_lab(the_lab, kind)
             for name, mode, rate, sources in (("none", None, 0.0, 250), ("25k/s", "valid", 25000.0, 250),
