@@ -145,6 +145,7 @@ class EventLoop:
         self.tun_fd = tun.fd
         self.epoll.register(self.tun_fd, select.EPOLLIN)
         self.udp_fds: list[int] = []
+        self.handshake_backlog = 0  # messages left in the handshake socket this wakeup (estimated)
         self._register_udp()
 
         self.ifindex = socket.if_nametoindex(tun.name)
@@ -190,6 +191,7 @@ class EventLoop:
             packets: list[Buffer] = []
             datagrams: list[tuple[Buffer, Endpoint]] = []
             self.udp_backed_up = False
+            self.handshake_backlog = 0
             for fd, mask in events:
                 if fd == self.tun_fd:
                     self._read_tun(packets, mask)
@@ -305,8 +307,9 @@ class EventLoop:
         """Tell the core how many handshake messages wait, so that it counts itself under load before it has
         spent a DH on each of a flood's first thousand initiations (the references look at their queue length).
 
-        The handshake messages of this batch are waiting; when a socket was not drained (DRAIN_LIMIT or the
-        handshake budget reached), at least as many more wait behind them in its buffer.
+        The handshake messages of this batch are waiting, and so is what the steered handshake socket still
+        holds when its budget ran out (its queue, as the references count theirs). Without steering, a socket
+        not drained (DRAIN_LIMIT reached) holds at least as many more behind the batch.
         """
         waiting = 0
         for data, _ in datagrams:
@@ -314,7 +317,7 @@ class EventLoop:
                 waiting += 1
         if self.udp_backed_up:
             waiting *= 2
-        self.device.note_backlog(waiting)
+        self.device.note_backlog(waiting + self.handshake_backlog)
 
     def _read_udp(self, fd: int, datagrams: list[tuple[Buffer, Endpoint]]) -> None:
         if fd in self.udp.handshake_fds:
@@ -324,8 +327,8 @@ class EventLoop:
                 log.debug("UDP receive: %s", exc)
                 return
             datagrams.extend(batch)
-            if len(batch) >= HANDSHAKE_BUDGET:  # more wait: the core counts itself under load sooner
-                self.udp_backed_up = True
+            if len(batch) >= HANDSHAKE_BUDGET:  # more wait in the socket: tell the core how many (_note_backlog)
+                self.handshake_backlog += self.udp.handshake_backlog()
             return
         start = len(datagrams)
         while len(datagrams) - start < DRAIN_LIMIT:

@@ -46,7 +46,11 @@ IPV6_PKTINFO = 50
 
 SO_ATTACH_REUSEPORT_CBPF = 51
 SO_MEMINFO = 55
+SK_MEMINFO_RMEM_ALLOC = 0  # index in the SO_MEMINFO array: bytes queued for reading (the datagrams' truesize)
 SK_MEMINFO_DROPS = 8  # index in the SO_MEMINFO array: datagrams the socket's full queue made the kernel drop
+# What one queued handshake message costs a receive queue (the skb's truesize: 832 bytes on loopback here; the
+# figure only turns queued bytes into a rough message count for the under-load decision).
+HANDSHAKE_TRUESIZE = 768
 _MEMINFO = struct.Struct("=9I")
 SOCKET_BUFFER = 8 << 20
 HANDSHAKE_SOCKET_BUFFER = 256 << 10
@@ -275,6 +279,16 @@ class UdpSocket:
             else:
                 data += drops
         return data, handshake
+
+    def handshake_backlog(self) -> int:
+        """About how many messages wait in the handshake sockets' queues (0 without steering): the shell's
+        equivalent of the references' handshake queue length, which decides "under load"."""
+        queued = 0
+        for fd in self.handshake_fds:
+            sock = self._by_fd[fd]
+            queued += _MEMINFO.unpack(sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, _MEMINFO.size))[
+                SK_MEMINFO_RMEM_ALLOC]
+        return queued // HANDSHAKE_TRUESIZE
 
     def set_fwmark(self, mark: int) -> None:
         """SO_MARK on both sockets (0 clears), for policy routing that keeps tunnel traffic out of the tunnel."""
