@@ -11,10 +11,10 @@ BPF program attached to the group makes the kernel put transport data (message t
 every other message (initiations, responses, cookie replies, garbage) into the second, which has a small buffer
 (256 KiB, a few hundred messages). A handshake flood then fills and overflows only that small queue, where the
 kernel drops the excess for nothing, and never delays or displaces the tunnel's own data; the event loop reads the
-handshake socket with a budget per wakeup after draining data. Measured with bench/bench_flood.py: flat out
-(~160,000 initiations/s) the tunnel kept ~0.6 Gbit/s and 3 ms pings with steering, against 0 Gbit/s and 237 ms
-pings (half of them lost) with one socket. Where the kernel refuses the program, one plain socket per family is
-used, as before.
+handshake socket with a budget per wakeup after draining data. Measured with bench/bench_flood.py (see
+docs/hostile-results.md): flat out (~130,000 initiations/s offered) the tunnel kept 62 % of its throughput and
+2.2 ms pings with steering, against 0 Gbit/s and 152 ms pings, half of them lost, with one socket. Where the
+kernel refuses the program, one plain socket per family is used, as before.
 
 Sticky source: every receive records the local address the peer wrote to (IP_PKTINFO / IPV6_RECVPKTINFO), and
 replies to that endpoint carry it as the source in a PKTINFO control message, so a host with several addresses
