@@ -145,7 +145,11 @@ class EventLoop:
         self.tun_fd = tun.fd
         self.epoll.register(self.tun_fd, select.EPOLLIN)
         self.udp_fds: list[int] = []
-        self.handshake_backlog = 0  # messages left in the handshake socket this wakeup (estimated)
+        # Per wakeup: messages left in the handshake sockets (estimated), handshake messages read from them, and
+        # the source endpoints of everything read.
+        self.handshake_backlog = 0
+        self.handshakes_read = 0
+        self.sources: set[Endpoint] = set()
         self._register_udp()
 
         self.ifindex = socket.if_nametoindex(tun.name)
@@ -192,6 +196,8 @@ class EventLoop:
             datagrams: list[tuple[Buffer, Endpoint]] = []
             self.udp_backed_up = False
             self.handshake_backlog = 0
+            self.handshakes_read = 0
+            self.sources.clear()
             for fd, mask in events:
                 if fd == self.tun_fd:
                     self._read_tun(packets, mask)
@@ -212,7 +218,7 @@ class EventLoop:
                 # reads them through the buffer protocol.
                 if datagrams:
                     self._note_backlog(datagrams)
-                    changed = self._changed_sources(datagrams)
+                    changed = self._changed_sources()
                     authenticated = device.receive(datagrams, now, wall)
                     if changed:
                         self._settle_sources(changed, authenticated)
@@ -273,12 +279,12 @@ class EventLoop:
         if mask & (select.EPOLLHUP | select.EPOLLERR) and not packets:
             self.stop("TUN device hung up")
 
-    def _changed_sources(self, datagrams: list[tuple[Buffer, Endpoint]]) -> list[Endpoint]:
+    def _changed_sources(self) -> list[Endpoint]:
         """Endpoints of this batch whose sticky local address (recorded by the UdpSocket for every datagram, before
         anything was authenticated) differs from the one last confirmed by an authenticated message."""
         source_for, confirmed = self.udp.source_for, self.confirmed_sources
         changed = []
-        for endpoint in {endpoint for _, endpoint in datagrams}:
+        for endpoint in self.sources:  # the batch's endpoints, collected by recv_batch
             if source_for(endpoint) != confirmed.get(endpoint):
                 changed.append(endpoint)
         return changed
@@ -311,29 +317,34 @@ class EventLoop:
         holds when its budget ran out (its queue, as the references count theirs). Without steering, a socket
         not drained (DRAIN_LIMIT reached) holds at least as many more behind the batch.
         """
+        if self.udp.handshake_fds:
+            # Steered: handshake messages only come from the handshake sockets, and were counted as they were read.
+            self.device.note_backlog(self.handshakes_read + self.handshake_backlog)
+            return
         waiting = 0
         for data, _ in datagrams:
             if data[0:1] in (b"\x01", b"\x02"):
                 waiting += 1
         if self.udp_backed_up:
             waiting *= 2
-        self.device.note_backlog(waiting + self.handshake_backlog)
+        self.device.note_backlog(waiting)
 
     def _read_udp(self, fd: int, datagrams: list[tuple[Buffer, Endpoint]]) -> None:
         if fd in self.udp.handshake_fds:
             try:
-                batch = self.udp.recv_batch(fd, HANDSHAKE_BUDGET)
+                batch = self.udp.recv_batch(fd, HANDSHAKE_BUDGET, self.sources)
             except OSError as exc:
                 log.debug("UDP receive: %s", exc)
                 return
             datagrams.extend(batch)
+            self.handshakes_read += len(batch)
             if len(batch) >= HANDSHAKE_BUDGET:  # more wait in the socket: tell the core how many (_note_backlog)
                 self.handshake_backlog += self.udp.handshake_backlog()
             return
         start = len(datagrams)
         while len(datagrams) - start < DRAIN_LIMIT:
             try:
-                batch = self.udp.recv_batch(fd, BATCH)
+                batch = self.udp.recv_batch(fd, BATCH, self.sources)
             except OSError as exc:  # ECONNREFUSED from ICMP and friends: never end the daemon
                 log.debug("UDP receive: %s", exc)
                 return

@@ -336,8 +336,12 @@ class UdpSocket:
 
     # -- receive ---------------------------------------------------------------------------------------------
 
-    def recv_batch(self, fd: int, max_datagrams: int = 256) -> list[tuple[bytes | memoryview, Endpoint]]:
-        """Drain one socket until EAGAIN (or ``max_datagrams``, which a GRO batch may overshoot)."""
+    def recv_batch(
+        self, fd: int, max_datagrams: int = 256, endpoints: set[Endpoint] | None = None,
+    ) -> list[tuple[bytes | memoryview, Endpoint]]:
+        """Drain one socket until EAGAIN (or ``max_datagrams``, which a GRO batch may overshoot). When given,
+        ``endpoints`` receives every source endpoint of the batch (at the cost of one set insertion per change of
+        sender, not per datagram)."""
         sock = self._by_fd.get(fd)
         if sock is None:
             raise ValueError(f"fd {fd} is not one of this UdpSocket's sockets")
@@ -375,6 +379,8 @@ class UdpSocket:
                 endpoint = (host, addr[1])
                 last_addr = addr
                 last_anc = None
+                if endpoints is not None:
+                    endpoints.add(endpoint)
             if ancdata != last_anc:
                 last_anc = ancdata
                 gso_size = 0
