@@ -265,10 +265,6 @@ def resolve_endpoint(endpoint: str, log: Callable[[str], object] | None = None) 
     raise ValueError(f"Neither IPv4 nor IPv6 address found: `{endpoint}'")
 
 
-def format_endpoint(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 # ----------------------------------------------------------------------------------------------------
 # Parsing
 
