@@ -76,7 +76,7 @@ def test_port_zero_binds_both_families_to_one_port(steer: bool) -> None:
         fds = s.fileno()
         assert len(fds) == (4 if steer else 2) and s.port > 0
         assert len(s.handshake_fds) == (2 if steer else 0) and set(fds[2:]) == s.handshake_fds
-        assert s.stats.steering is steer
+        assert s.steering is steer
         # A plain bind fails on the port, as against wireguard-go: a reuseport group does not let strangers in.
         v4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         v6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)

@@ -459,7 +459,7 @@ class EventLoop:
                 "tun_write_errors": tun.write_errors,
                 "udp_send_errors": sum(udp.send_errors.values()),
                 "udp_recv_errors": sum(udp.recv_errors.values()),
-                "udp_handshake_steering": int(udp.steering),
+                "udp_handshake_steering": int(self.udp.steering),
                 "udp_data_queue_drops": data_queue_drops,
                 "udp_handshake_queue_drops": handshake_queue_drops,
             }

@@ -101,7 +101,6 @@ class UdpStats:
     recv_errors: dict[int, int] = field(default_factory=dict)  # errno -> failed recvmsg calls
     gso_fallbacks: int = 0  # GSO sends the kernel refused, redone one datagram at a time
     sticky_source_resets: int = 0  # a remembered source address stopped working and was forgotten
-    steering: bool = False  # handshake messages have their own socket (see the module docstring)
 
 
 def canonical_host(host: str) -> str:
@@ -161,23 +160,19 @@ class UdpSocket:
             port = probe.getsockname()[1]
             probe.close()
             data = self._bind(family, port, reuseport=True)
+            handshake: socket.socket | None = None
             try:
                 handshake = self._bind(family, port, reuseport=True)
-            except BaseException:
-                data.close()
-                raise
-            try:
                 _attach_steering(data)
                 handshake.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, HANDSHAKE_SOCKET_BUFFER)
                 return data, handshake
-            except OSError:  # no reuseport BPF in this kernel (< 4.5), or not root: one socket, unsteered
-                data.close()
-                handshake.close()
+            except BaseException as exc:
+                _close(data, handshake)
+                # No reuseport BPF in this kernel (< 4.5), or not root: one socket, unsteered. The bind of the
+                # second socket failing (EADDRINUSE: the port was taken between the probe and now) is raised.
+                if not isinstance(exc, OSError) or handshake is None:
+                    raise
                 self.steer = False
-            except BaseException:
-                data.close()
-                handshake.close()
-                raise
         return self._bind(family, port, reuseport=False), None
 
     def _bind(self, family: int, port: int, reuseport: bool) -> socket.socket:
@@ -249,7 +244,6 @@ class UdpSocket:
         self._v4, self._v6 = v4, v6
         self._by_fd = {s.fileno(): s for s in (v4, v6, *handshake) if s is not None}
         self.handshake_fds = frozenset(s.fileno() for s in handshake)
-        self.stats.steering = bool(handshake)
         self.port = port
 
     def fileno(self) -> list[int]:
@@ -268,12 +262,21 @@ class UdpSocket:
         for s in old:
             s.close()
 
+    @property
+    def steering(self) -> bool:
+        """Whether handshake messages have their own sockets (see the module docstring)."""
+        return bool(self.handshake_fds)
+
+    def _meminfo(self, fd: int, index: int) -> int:
+        """One field of the socket's SO_MEMINFO array (SK_MEMINFO_*)."""
+        return _MEMINFO.unpack(self._by_fd[fd].getsockopt(socket.SOL_SOCKET, SO_MEMINFO, _MEMINFO.size))[index]
+
     def queue_drops(self) -> tuple[int, int]:
         """Datagrams the kernel dropped because a socket's receive queue was full, as (data sockets, handshake
         sockets), since the sockets were opened: the drops that happen before the daemon sees anything."""
         data = handshake = 0
-        for fd, sock in self._by_fd.items():
-            drops = _MEMINFO.unpack(sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, _MEMINFO.size))[SK_MEMINFO_DROPS]
+        for fd in self._by_fd:
+            drops = self._meminfo(fd, SK_MEMINFO_DROPS)
             if fd in self.handshake_fds:
                 handshake += drops
             else:
@@ -283,11 +286,7 @@ class UdpSocket:
     def handshake_backlog(self) -> int:
         """About how many messages wait in the handshake sockets' queues (0 without steering): the shell's
         equivalent of the references' handshake queue length, which decides "under load"."""
-        queued = 0
-        for fd in self.handshake_fds:
-            sock = self._by_fd[fd]
-            queued += _MEMINFO.unpack(sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, _MEMINFO.size))[
-                SK_MEMINFO_RMEM_ALLOC]
+        queued = sum(self._meminfo(fd, SK_MEMINFO_RMEM_ALLOC) for fd in self.handshake_fds)
         return queued // HANDSHAKE_TRUESIZE
 
     def set_fwmark(self, mark: int) -> None:
