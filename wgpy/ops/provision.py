@@ -110,11 +110,6 @@ def safe_filename(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.@+-]", "_", name)
 
 
-def write_private_file(path: Path, text: str) -> None:
-    """Write atomically with mode 0600 (the file holds keys), creating a 0700 parent directory if needed."""
-    wgconfig.write_private_file(path, text)
-
-
 # ----------------------------------------------------------------------------------------------------
 # Line-preserving editing
 
@@ -154,7 +149,7 @@ class ConfigText:
 
     def save(self, path: str | Path | None = None) -> None:
         self.parse()  # never write a file wg would refuse
-        write_private_file(Path(path or self.path), self.text)
+        wgconfig.write_private_file(Path(path or self.path), self.text)
 
     # sections ----------------------------------------
     def _headers(self) -> list[tuple[int, str]]:
@@ -477,7 +472,7 @@ def add_peer(target: Target, request: AddRequest) -> AddResult:
     )
     client_path = request.output or target.client_path(request.name)
     text.save(target.path)
-    write_private_file(client_path, client_text)
+    wgconfig.write_private_file(client_path, client_text)
     return AddResult(
         peer=peer, client_path=client_path, client_text=client_text, client_private_key=client_private,
         server_text=text.text, forwarding_added=forwarding_added,

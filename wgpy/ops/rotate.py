@@ -122,9 +122,7 @@ def _client_cfg(client: ClientFile) -> Config:
 
 def _save_client(client: ClientFile) -> None:
     _client_cfg(client)  # check before writing
-    from wgpy.ops.provision import write_private_file
-
-    write_private_file(client.path, client.text.text)
+    wgconfig.write_private_file(client.path, client.text.text)
 
 
 def parse_client_interfaces(items: Sequence[str]) -> dict[str, str]:
