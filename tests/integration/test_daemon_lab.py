@@ -341,6 +341,28 @@ def test_idle_daemon_sleeps(netlab: Lab) -> None:
 
 
 @pytest.mark.netns
+def test_a_lone_packet_costs_one_tun_read(netlab: Lab) -> None:
+    """After a quiet wait the daemon reads the TUN device once for the packet that woke it, without a second read
+    that would only return EAGAIN (QUIET_WAIT in wgpy/daemon/loop.py): pings 0.2 s apart cost the pinging side's
+    daemon one read each. /proc/PID/io counts read system calls (syscr): readv on the TUN device counts, recvmsg
+    on the UDP sockets does not. The slack is for what the kernel itself may still send through the new
+    interface (IPv6 multicast listener reports); draining would cost two reads per ping, 20.
+    """
+    a, b = make_pair(netlab, WGPYD, WGPYD)
+    a.ns.wait_ping(b.inner4)
+    [pid] = a.pids()
+
+    def reads() -> int:
+        found = re.search(r"^syscr: (\d+)$", Path(f"/proc/{pid}/io").read_text(), re.M)
+        assert found is not None
+        return int(found.group(1))
+
+    before = reads()
+    assert a.ns.ping(b.inner4, count=10).returncode == 0
+    assert 10 <= reads() - before <= 14
+
+
+@pytest.mark.netns
 @pytest.mark.parametrize("level", ["error", "silent", "verbose"])
 def test_log_levels_like_wireguard_go(netlab: Lab, level: str) -> None:
     """``ERROR: (IFACE) YYYY/MM/DD HH:MM:SS message`` at the default and error levels, nothing when silent."""
