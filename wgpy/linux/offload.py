@@ -488,48 +488,48 @@ def coalesce_iov(
     return result
 
 
-def _coalesce(packets: Iterable[Buffer], single_hdr: bytes, udp: bool) -> list[tuple[bytes, Buffer] | _Group]:
-    """The grouping behind :func:`coalesce`: single packets with their header, and groups."""
+def _coalesce(
+    packets: Iterable[Buffer], single_hdr: bytes, udp: bool, predict: bool = True
+) -> list[tuple[bytes, Buffer] | _Group]:
+    """The grouping behind :func:`coalesce`: single packets with their header, and groups. Without ``predict``
+    every packet takes the general path (the tests hold the fast path to it)."""
     out: list[tuple[bytes, Buffer] | _Group] = []
     open_groups: dict[bytes, _Group] = {}
-    # The run most recently opened by a plain IPv4 TCP ACK segment, and the bytes its followers must repeat:
-    # a segment that continues it is recognised by a few slice compares (the fast path; anything else takes
-    # the general path below, which makes the same decision the long way).
-    fast: _Group | None = None
-    fast_key = fast_ip = fast_ack = fast_opt = b""
-    fast_tos = fast_hl = 0
-    two_u16 = _TWO_U16.unpack_from
-    u32 = _U32.unpack_from
+    # The predicted run (the fast path): the open TCP group the previous packet went last into, and the
+    # headers its next full-size segment must have, as one integer with the checksums masked out (the IPv4 ID
+    # one more, the sequence number one payload further, everything else the same). A segment that continues the
+    # run costs one slice, one int.from_bytes and one compare; anything else takes the general path below,
+    # which makes the same decision the long way. `run_left` is -1 until the next packet shows the same flow
+    # (so interleaved flows do not pay for setting up runs), then counts the segments the run can still take
+    # without a field wrapping (which the general path handles) or the super-packet outgrowing 64 KB.
+    run: _Group | None = None
+    run_prev: Buffer = b""
+    run_left = run_n = run_hl = run_mask = run_delta = run_expected = run_taken = 0
+    run_append = [memoryview(b"")].append  # the run's payloads.append, once there is a run
+    from_bytes = int.from_bytes
     ip4_unpack = _IP4_FIXED.unpack_from
     ip6_unpack = _IP6_FIXED.unpack_from
     tcp_unpack = _TCP_FIXED.unpack_from
     udp_unpack = _TWO_U16.unpack_from
     for p in packets:
+        if run is not None:
+            if run_left < 0:
+                predicted = _predict(run, run_prev) if p[12:24] == run_prev[12:24] else None
+                if predicted is not None:
+                    run_left, run_n, run_hl, run_mask, run_delta, run_expected = predicted
+                    run_append = run.payloads.append
+                    run_taken = 0
+            if run_left > 0 and len(p) == run_n and from_bytes(p[:run_hl], "big") & run_mask == run_expected:
+                run_append(memoryview(p)[run_hl:])
+                run_expected += run_delta
+                run_left -= 1
+                run_taken += 1
+                continue
+            if run_taken:
+                _settle(run, run_taken)
+                run_taken = 0
+            run = None
         n = len(p)
-        if fast is not None and p[12:24] == fast_key and not fast.closed:
-            fg = fast
-            if p[0] == 0x45 and p[1] == fast_tos and p[6:10] == fast_ip and p[28:36] == fast_ack and (
-                p[38:fast_hl] == fast_opt
-            ):
-                tot, ip_id = two_u16(p, 2)
-                plen = n - fast_hl
-                count = len(fg.payloads)
-                if (
-                    tot == n
-                    and u32(p, 24)[0] == fg.next_seq
-                    and 0 < plen <= fg.gso_size
-                    and fg.length + plen <= MAX_SUPER_PACKET
-                    and (
-                        (fg.id_step == 1 and ip_id == (fg.ip_id + count) & 0xFFFF)
-                        or _id_fits(fg, ip_id, p[6] & 0x40)
-                    )
-                ):
-                    fg.payloads.append(memoryview(p)[fast_hl:])
-                    fg.length += plen
-                    fg.next_seq = (fg.next_seq + plen) & 0xFFFFFFFF
-                    if plen < fg.gso_size:
-                        fg.closed = True
-                    continue
         if n < 28:
             out.append((single_hdr, p))
             continue
@@ -624,6 +624,8 @@ def _coalesce(packets: Iterable[Buffer], single_hdr: bytes, udp: bool) -> list[t
                 if psh or plen < g.gso_size:
                     g.psh = bool(psh)
                     g.closed = True
+                elif predict:
+                    run, run_prev, run_left = g, p, -1
                 continue
             g.closed = True
         g = _Group(
@@ -633,7 +635,54 @@ def _coalesce(packets: Iterable[Buffer], single_hdr: bytes, udp: bool) -> list[t
         )
         open_groups[key] = g
         out.append(g)
-        if ihl == 20 and tflags == TCP_ACK:
-            fast, fast_key, fast_tos, fast_ip, fast_hl = g, key, tos, p[6:10], hl
-            fast_ack, fast_opt = p[28:36], p[38:hl]
+        if predict and not psh:
+            run, run_prev, run_left = g, p, -1
+    if run_taken:
+        _settle(run, run_taken)  # type: ignore[arg-type]
     return out
+
+
+def _settle(g: _Group, taken: int) -> None:
+    """Book the segments a predicted run appended to ``g`` (kept out of the per-segment step)."""
+    added = taken * g.gso_size
+    g.length += added
+    g.next_seq = (g.next_seq + added) & 0xFFFFFFFF
+    g.id_step = 1
+
+
+def _predict(g: _Group, last: Buffer) -> tuple[int, int, int, int, int, int] | None:
+    """Set up the predicted run of :func:`_coalesce` after ``last``, a full-size TCP segment that went last into
+    the open group ``g``: (segments the run may take, their length, header length, mask, per-segment increment,
+    expected masked headers of the next one), or None if no segment can continue it the fast way (only ACK set,
+    IPv4 IDs running on by one, room left in 64 KB).
+    """
+    ihl = g.ihl
+    hl = ihl + g.thl
+    plen = g.gso_size
+    n = len(last)
+    if g.closed or g.udp or last[ihl + 13] != TCP_ACK or n - hl != plen or hl > ihl + 60:
+        return None
+    seq = _U32.unpack_from(last, ihl + 4)[0]
+    left = min((MAX_SUPER_PACKET - g.length) // plen, (0xFFFFFFFF - seq) // plen)
+    delta = plen << (hl - ihl - 8) * 8  # the sequence number, bytes 4-7 of the TCP header
+    if ihl == 20:
+        if g.id_step == 0:
+            return None
+        left = min(left, 0xFFFF - _U16.unpack_from(last, 4)[0])
+        delta += 1 << (hl - 6) * 8  # the ID, bytes 4-5
+    if left <= 0:
+        return None
+    mask = _RUN_MASKS[ihl, hl]
+    return left, n, hl, mask, delta, (int.from_bytes(last[:hl], "big") & mask) + delta
+
+
+# The header bytes that a continuing segment repeats or predictably changes, as big-endian masks per IP and
+# TCP header length: all but the IPv4 header checksum (bytes 10-11) and the TCP checksum.
+_RUN_MASKS = {
+    (ihl, hl): int.from_bytes(
+        (b"\xff" * 10 + b"\0\0" + b"\xff" * 8 if ihl == 20 else b"\xff" * 40)
+        + b"\xff" * 16 + b"\0\0" + b"\xff" * (hl - ihl - 18), "big"
+    )
+    for ihl in (20, 40)
+    for hl in range(ihl + 20, ihl + 61, 4)
+}
