@@ -9,9 +9,14 @@ import ipaddress
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.protocol.sim import Node, SimNetwork, udp4, udp6
+from tests.protocol.test_replay import NaiveWindow
 from wgpy.protocol.device import DropReason, Tunables
+from wgpy.protocol.keypair import NONCE
+from wgpy.protocol.messages import TRANSPORT_HEADER
 
 INIT, RESP, COOKIE, DATA = 1, 2, 3, 4
 
@@ -330,6 +335,70 @@ def test_duplicated_datagrams_delivered_once() -> None:
     net.run_until(1)
     assert b.delivered == sent
     assert b.device.stats.drops[DropReason.REPLAY] >= 20
+
+
+# Batches as a receiver sees them: in-order runs (the fast path of Device.receive), duplicates inside and across
+# batches, packets from before the window, and jumps; forgeries (a good counter, a bad tag) are mixed in.
+_transport_batches = st.lists(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("next"), st.integers(1, 3)),
+            st.tuples(st.just("next"), st.just(1)),
+            st.tuples(st.just("back"), st.integers(0, 9000)),
+            st.tuples(st.just("jump"), st.integers(1, 20_000)),
+        ),
+        min_size=1, max_size=80,
+    ),
+    min_size=1, max_size=6,
+)
+
+
+@settings(max_examples=120, deadline=None)
+@given(batches=_transport_batches, forged_every=st.integers(0, 7))
+def test_transport_batches_accept_exactly_what_the_replay_rule_accepts(
+    batches: list[list[tuple[str, int]]], forged_every: int
+) -> None:
+    """Whatever order, repetition and forgery a batch holds, Device.receive delivers exactly the packets that
+    the replay rule, applied one packet at a time, accepts (NaiveWindow: a set and the maximum), in their
+    order, and counts every other one."""
+    net = SimNetwork()
+    a, b = pair(net)
+    ping(net, a, b)
+    net.run_until(1)
+    b.delivered.clear()
+    kp = peer_of(a, b).current
+    model = NaiveWindow()
+    for counter in range(kp.send_counter):  # what the handshake's ping already used
+        model.mark(counter)
+    highest = kp.send_counter - 1
+    expect: list[int] = []
+    replays = forgeries = 0
+    for number, batch in enumerate(batches):
+        datagrams = []
+        for i, (move, step) in enumerate(batch):
+            counter = highest + step if move in ("next", "jump") else max(0, highest - step)
+            forged = forged_every and (number + i) % forged_every == 0
+            inner = udp4(a.tunnel_ip, b.tunnel_ip, struct.pack("!Q", counter))
+            message = bytearray(TRANSPORT_HEADER.pack(DATA, kp.remote_index, counter)
+                                + kp.send_aead.encrypt(NONCE.pack(counter), inner, None))
+            if forged:
+                message[-1] ^= 1
+                if model.ok(counter):  # the cheap replay check comes before authentication
+                    forgeries += 1
+                else:
+                    replays += 1
+            elif model.mark(counter):
+                expect.append(counter)
+                highest = max(highest, counter)
+            else:
+                replays += 1
+            datagrams.append((bytes(message), a.address))
+        b.device.receive(datagrams, net.now, net.wall)
+        delivered = [struct.unpack("!Q", p[-8:])[0] for p in b.device.take_packets()]
+        assert delivered == expect
+        expect.clear()
+    assert b.device.stats.drops[DropReason.REPLAY] == replays
+    assert b.device.stats.drops[DropReason.DECRYPT_FAILED] == forgeries
 
 
 def test_replayed_initiation_rejected() -> None:

@@ -238,3 +238,39 @@ def test_against_naive_model(ops: list[tuple[str, tuple[Any, int]]], limit: int)
         else:
             assert window.check_and_mark(counter) is model.mark(counter)
         assert window.highest == model.max
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    ops=st.lists(st.tuples(st.sampled_from(["range", "mark"]), st.integers(0, 9000), st.integers(0, 20_000)),
+                 max_size=30),
+    start=st.sampled_from([0, 2**40, REJECT_AFTER_MESSAGES - 50_000]),
+)
+def test_mark_range_is_check_and_mark_of_each(ops: list[tuple[str, int, int]], start: int) -> None:
+    """A run marked at once leaves the window exactly as marking its counters one by one does."""
+    window, reference = ReplayWindow(), ReplayWindow()
+    for kind, gap, length in ops:
+        first = start + gap if window.highest is None else window.next_new + gap
+        last = first + length
+        if last >= REJECT_AFTER_MESSAGES:
+            continue
+        if kind == "range":
+            window.mark_range(first, last)
+            for counter in range(first, last + 1):
+                assert reference.check_and_mark(counter)
+        else:  # an ordinary packet between runs, possibly below the top (inside the window)
+            counter = max(0, first - 2 * gap)
+            assert window.check_and_mark(counter) is reference.check_and_mark(counter)
+        assert window._next == reference._next and window._blocks == reference._blocks
+        for probe in range(max(0, window.next_new - 9000), window.next_new + 3, 97):
+            assert window.may_accept(probe) is reference.may_accept(probe)
+
+
+def test_mark_range_refuses_counters_below_the_top() -> None:
+    window = ReplayWindow()
+    window.check_and_mark(10)
+    with pytest.raises(ValueError):
+        window.mark_range(10, 12)
+    with pytest.raises(ValueError):
+        window.mark_range(12, 11)
+    assert window.highest == 10

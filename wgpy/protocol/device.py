@@ -48,6 +48,7 @@ from wgpy.protocol.noise import (
 )
 from wgpy.protocol.peer import Endpoint, Peer, PeerTimers
 from wgpy.protocol.ratelimiter import RateLimiter
+from wgpy.protocol.replay import ReplayWindow
 from wgpy.protocol.rng import RandomSource, SystemRandomSource
 from wgpy.protocol.tai64n import tai64n
 
@@ -713,7 +714,8 @@ class Device:
         emit = self._packets.append
         lookup_src = self.allowed_ips.lookup_src
         reject_time = self.t.reject_after_time
-        reject_messages = self.t.reject_after_messages
+        # (never past the replay windows' own limit, so that a run below stays inside it)
+        reject_messages = min(self.t.reject_after_messages, C.REJECT_AFTER_MESSAGES)
         # Per-peer accumulators [the peer's unconfirmed `next` keypair if a packet arrived on it, source, rx bytes,
         # data packets]; `state` is the current peer's, so a run of packets from one peer costs no dict lookup.
         touched: dict[Peer, list[Any]] = {}
@@ -729,6 +731,13 @@ class Device:
         kp: Keypair | None = None
         peer: Peer | None = None
         may_accept = check_and_mark = decrypt = None
+        # The open run: consecutive counters from run_first that authenticated and lie above everything the
+        # keypair's replay window had accepted. The next one (run_next) is new by definition, so a batch of
+        # in-order packets costs one compare each, and the run is marked in the window in one call when it ends
+        # (another counter, another keypair, a handshake message, the end of the batch), before anything else
+        # looks at the window. run_next is -1 when no run is open.
+        replay: ReplayWindow | None = None
+        run_first = run_next = -1
         for data, source in datagrams:
             size = len(data)
             if size < TRANSPORT_MIN_SIZE or data[0] != _TYPE_TRANSPORT:
@@ -739,6 +748,9 @@ class Device:
                 if kind == _TYPE_TRANSPORT:
                     drops[DropReason.MALFORMED] += 1
                     continue
+                if run_next >= 0:
+                    replay.mark_range(run_first, run_next - 1)  # type: ignore[union-attr]
+                    run_next = -1
                 if touched:
                     # Keep the order of effects: a handshake message after data for the same peer must see the
                     # bookkeeping of that data.
@@ -752,6 +764,9 @@ class Device:
                 drops[DropReason.UNKNOWN_TYPE] += 1
                 continue
             if receiver != last_receiver:
+                if run_next >= 0:
+                    replay.mark_range(run_first, run_next - 1)  # type: ignore[union-attr]
+                    run_next = -1
                 kp = keypairs.get(receiver)
                 if kp is None:
                     drops[DropReason.UNKNOWN_INDEX] += 1
@@ -767,17 +782,30 @@ class Device:
             if expired or counter >= reject_messages:
                 drops[DropReason.KEY_EXPIRED] += 1
                 continue
-            if not may_accept(counter):  # type: ignore[misc]
-                drops[DropReason.REPLAY] += 1
-                continue
-            try:
-                plain = decrypt(nonce(counter), memoryview(data)[16:], None)  # type: ignore[misc]
-            except InvalidTag:
-                drops[DropReason.DECRYPT_FAILED] += 1
-                continue
-            if not check_and_mark(counter):  # type: ignore[misc]
-                drops[DropReason.REPLAY] += 1
-                continue
+            if counter == run_next:
+                try:
+                    plain = decrypt(nonce(counter), memoryview(data)[16:], None)  # type: ignore[misc]
+                except InvalidTag:
+                    drops[DropReason.DECRYPT_FAILED] += 1
+                    continue
+                run_next += 1
+            else:
+                if run_next >= 0:
+                    replay.mark_range(run_first, run_next - 1)  # type: ignore[union-attr]
+                    run_next = -1
+                if not may_accept(counter):  # type: ignore[misc]
+                    drops[DropReason.REPLAY] += 1
+                    continue
+                try:
+                    plain = decrypt(nonce(counter), memoryview(data)[16:], None)  # type: ignore[misc]
+                except InvalidTag:
+                    drops[DropReason.DECRYPT_FAILED] += 1
+                    continue
+                if counter >= replay.next_new:  # type: ignore[union-attr]
+                    run_first, run_next = counter, counter + 1
+                elif not check_and_mark(counter):  # type: ignore[misc]
+                    drops[DropReason.REPLAY] += 1
+                    continue
             if peer is not current:
                 current = peer
                 found = touched.get(peer)  # type: ignore[arg-type]
@@ -816,6 +844,8 @@ class Device:
                 last_src, last_src_peer = key, peer
             emit(plain if length == n else plain[:length])
             state[3] += 1
+        if run_next >= 0:
+            replay.mark_range(run_first, run_next - 1)  # type: ignore[union-attr]
         if touched:
             self._finish_receive(touched, now, wall)
         return authenticated

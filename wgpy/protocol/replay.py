@@ -112,6 +112,40 @@ class ReplayWindow:
         return True
 
     @property
+    def next_new(self) -> int:
+        """The lowest counter above everything accepted so far: counters from here up are new by definition."""
+        return self._next
+
+    def mark_range(self, first: int, last: int) -> None:
+        """Mark ``first`` to ``last`` (inclusive) at once, as if each had passed `check_and_mark` in order.
+
+        For a receiver that has authenticated a run of consecutive counters starting at or above `next_new`
+        (the common case: a batch of in-order packets), so that it pays for one call per run, not one per
+        packet. Ones are set block by block, with the same zeroing of the blocks the window slides over.
+        """
+        if not self._next <= first <= last < self._limit:
+            raise ValueError(f"mark_range({first}, {last}) needs next_new ({self._next}) <= first <= last < limit")
+        lo, hi = first + 1, last + 1  # the kernel's numbering, as in check_and_mark
+        blocks = self._blocks
+        top = hi >> _BLOCK_SHIFT
+        advance = top - (self._next >> _BLOCK_SHIFT)
+        if advance >= _BLOCKS:
+            blocks[:] = _ZERO_BLOCKS
+        else:
+            for i in range(top - advance + 1, top + 1):
+                blocks[i & _BLOCK_MASK] = 0
+        self._next = hi
+        # Only the last COUNTER_BITS_TOTAL - 64 counters below the top can still matter (older ones fall outside
+        # the window), and each 64-bit block gets one mask.
+        lo = max(lo, (top - _BLOCK_MASK) << _BLOCK_SHIFT)
+        index = lo >> _BLOCK_SHIFT
+        while index <= top:
+            start = lo & _BIT_MASK if index == lo >> _BLOCK_SHIFT else 0
+            end = hi & _BIT_MASK if index == top else _BIT_MASK
+            blocks[index & _BLOCK_MASK] |= ((1 << (end - start + 1)) - 1) << start
+            index += 1
+
+    @property
     def highest(self) -> int | None:
         """The highest counter accepted so far, or None before the first."""
         return self._next - 1 if self._next else None
