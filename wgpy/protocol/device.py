@@ -616,12 +616,9 @@ class Device:
         keepalives = 0
         for packet in staged:
             n = len(packet)
-            if n & 15:
+            if n & 15 and n < mtu:  # padded to 16 bytes, but never past the MTU (full-size segments: never)
                 pad = -n & 15
-                if n + pad > mtu:
-                    pad = mtu - n if mtu > n else 0
-                if pad:
-                    packet = bytes(packet) + _ZEROS[:pad]
+                packet = bytes(packet) + _ZEROS[: pad if n + pad <= mtu else mtu - n]
             elif not n:
                 keepalives += 1
             append(header(_TYPE_TRANSPORT, receiver, counter) + encrypt(nonce(counter), packet, None))
