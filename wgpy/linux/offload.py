@@ -376,7 +376,8 @@ class _Group:
     gso_size: int
     next_seq: int
     length: int
-    payloads: list[memoryview] = field(default_factory=list)
+    # Copies, not views: slicing bytes costs less than a memoryview and its slice (0.10 against 0.15 µs).
+    payloads: list[Buffer] = field(default_factory=list)
     psh: bool = False
     closed: bool = False
     ip_id: int = 0  # IPv4 ID of the first packet
@@ -472,8 +473,8 @@ def coalesce(
 def coalesce_iov(
     packets: Iterable[Buffer], data_valid: bool = False, udp: bool = False
 ) -> list[tuple[tuple[Buffer, ...], int]]:
-    """:func:`coalesce` for a writer: (buffers for one ``writev``, packet count) pairs. A super-packet's
-    payloads stay where they are (the kernel gathers them), which saves copying 64 KB per write in Python."""
+    """:func:`coalesce` for a writer: (buffers for one ``writev``, packet count) pairs. A super-packet's header
+    and payloads go out as separate buffers (the kernel gathers them), which saves joining 64 KB per write."""
     result: list[tuple[tuple[Buffer, ...], int]] = []
     for item in _coalesce(packets, VNET_HDR_DATA_VALID if data_valid else VNET_HDR_ZERO, udp):
         if isinstance(item, _Group):
@@ -505,7 +506,8 @@ def _coalesce(
     run: _Group | None = None
     run_prev: Buffer = b""
     run_left = run_n = run_hl = run_mask = run_delta = run_expected = run_taken = 0
-    run_append = [memoryview(b"")].append  # the run's payloads.append, once there is a run
+    no_run: list[Buffer] = []
+    run_append = no_run.append  # the run's payloads.append, once there is a run
     from_bytes = int.from_bytes
     ip4_unpack = _IP4_FIXED.unpack_from
     ip6_unpack = _IP6_FIXED.unpack_from
@@ -520,7 +522,7 @@ def _coalesce(
                     run_append = run.payloads.append
                     run_taken = 0
             if run_left > 0 and len(p) == run_n and from_bytes(p[:run_hl], "big") & run_mask == run_expected:
-                run_append(memoryview(p)[run_hl:])
+                run_append(p[run_hl:])
                 run_expected += run_delta
                 run_left -= 1
                 run_taken += 1
@@ -575,7 +577,7 @@ def _coalesce(
                     and len(g.payloads) < MAX_UDP_SEGMENTS
                     and (ihl == 40 or _id_fits(g, ip_id, ipsig[1]))
                 ):
-                    g.payloads.append(memoryview(p)[ihl + 8 :])
+                    g.payloads.append(p[ihl + 8 :])
                     g.length += plen
                     if plen < g.gso_size:
                         g.closed = True
@@ -583,7 +585,7 @@ def _coalesce(
                 g.closed = True
             g = _Group(
                 first=p, ihl=ihl, thl=8, version=4 if ihl == 20 else 6, udp=True, sig=(ipsig, 0, 0, b""),
-                gso_size=plen, next_seq=0, length=n, payloads=[memoryview(p)[ihl + 8 :]], ip_id=ip_id,
+                gso_size=plen, next_seq=0, length=n, payloads=[p[ihl + 8 :]], ip_id=ip_id,
                 single_hdr=single_hdr,
             )
             open_groups[key] = g
@@ -618,7 +620,7 @@ def _coalesce(
                 and g.length + plen <= MAX_SUPER_PACKET
                 and (ihl == 40 or _id_fits(g, ip_id, ipsig[1]))
             ):
-                g.payloads.append(memoryview(p)[hl:])
+                g.payloads.append(p[hl:])
                 g.length += plen
                 g.next_seq = (seq + plen) & 0xFFFFFFFF
                 if psh or plen < g.gso_size:
@@ -630,7 +632,7 @@ def _coalesce(
             g.closed = True
         g = _Group(
             first=p, ihl=ihl, thl=thl, version=4 if ihl == 20 else 6, udp=False, sig=sig, gso_size=plen,
-            next_seq=(seq + plen) & 0xFFFFFFFF, length=n, payloads=[memoryview(p)[hl:]], psh=bool(psh),
+            next_seq=(seq + plen) & 0xFFFFFFFF, length=n, payloads=[p[hl:]], psh=bool(psh),
             closed=bool(psh), ip_id=ip_id, single_hdr=single_hdr,
         )
         open_groups[key] = g
