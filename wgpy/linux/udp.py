@@ -395,7 +395,7 @@ class UdpSocket:
             n = len(data)
             if gso_size and n > gso_size:
                 dmv = memoryview(data)
-                out.extend((dmv[i : i + gso_size], endpoint) for i in range(0, n, gso_size))
+                out += [(dmv[i : i + gso_size], endpoint) for i in range(0, n, gso_size)]
                 stats.gro_batches += 1
             else:
                 out.append((data, endpoint))

@@ -781,7 +781,7 @@ class Device:
                 continue
             if counter == run_next:
                 try:
-                    plain = decrypt(nonce(counter), memoryview(data)[16:], None)  # type: ignore[misc]
+                    plain = decrypt(nonce(counter), data[16:], None)  # type: ignore[misc]
                 except InvalidTag:
                     drops[DropReason.DECRYPT_FAILED] += 1
                     continue
@@ -794,7 +794,7 @@ class Device:
                     drops[DropReason.REPLAY] += 1
                     continue
                 try:
-                    plain = decrypt(nonce(counter), memoryview(data)[16:], None)  # type: ignore[misc]
+                    plain = decrypt(nonce(counter), data[16:], None)  # type: ignore[misc]
                 except InvalidTag:
                     drops[DropReason.DECRYPT_FAILED] += 1
                     continue
