@@ -10,9 +10,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.netns import Lab, lab
-from wgpy.linux import in_netns
+from wgpy.linux import in_netns, udp
 from wgpy.linux.udp import HANDSHAKE_SOCKET_BUFFER, SO_MARK, UdpSocket, canonical_host
 
 
@@ -344,3 +346,29 @@ def test_handshake_backlog_estimates_what_waits_in_the_handshake_socket() -> Non
         assert rx.handshake_backlog() == 0
     with UdpSocket(steer=False) as plain:
         assert plain.handshake_backlog() == 0
+
+
+def _gso_runs_reference(sizes: list[int]) -> list[tuple[int, int, int]]:
+    """The rule, one datagram at a time: a run takes datagrams while none is bigger than the first, stops after
+    a shorter one, and stays within the kernel's segment and byte limits."""
+    runs, i = [], 0
+    while i < len(sizes):
+        size, j, total = sizes[i], i + 1, sizes[i]
+        while j < min(len(sizes), i + udp.MAX_GSO_SEGMENTS) and size:
+            m = sizes[j]
+            if m > size or total + m > udp.MAX_GSO_BYTES:
+                break
+            total, j = total + m, j + 1
+            if m < size:
+                break
+        runs.append((i, j, size))
+        i = j
+    return runs
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(st.one_of(st.sampled_from([1452, 700, 500, 64, 0, 65507, 32768]), st.integers(0, 2000)),
+                          st.sampled_from([1, 1, 2, 50, 127, 128, 129, 200])), max_size=12))
+def test_gso_runs_follow_the_rule(runs: list[tuple[int, int]]) -> None:
+    sizes = [size for size, repeat in runs for _ in range(repeat)]
+    assert list(udp.gso_runs(sizes)) == _gso_runs_reference(sizes)

@@ -27,7 +27,7 @@ import errno
 import ipaddress
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from wgpy.linux.checksum import Buffer
@@ -89,6 +89,31 @@ def _attach_steering(sock: socket.socket) -> None:
     program = ctypes.create_string_buffer(_STEER_FILTER, len(_STEER_FILTER))
     fprog = struct.pack("@HP", len(_STEER_PROGRAM), ctypes.addressof(program))
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
+
+
+def gso_runs(sizes: Sequence[int]) -> Iterator[tuple[int, int, int]]:
+    """Cut datagrams of these sizes into UDP GSO sends: (start, end, segment size) per sendmsg. A run is
+    datagrams of one size, then at most one shorter one (the kernel cuts the buffer at the segment size, so only
+    the last may be short), within MAX_GSO_SEGMENTS and MAX_GSO_BYTES; an empty datagram goes alone."""
+    i, count = 0, len(sizes)
+    while i < count:
+        size = sizes[i]
+        j = i + 1
+        if size:
+            # Equal sizes as far as one sendmsg goes (a super-packet's datagrams are all one size, which
+            # list.count checks in C instead of a Python step per datagram), then one shorter one.
+            limit = min(count, i + MAX_GSO_SEGMENTS, i + MAX_GSO_BYTES // size)
+            if sizes[j:limit].count(size) == limit - j:
+                j = limit
+            else:
+                while sizes[j] == size:
+                    j += 1
+            if j < count and j - i < MAX_GSO_SEGMENTS and sizes[j] < size and (
+                (j - i) * size + sizes[j] <= MAX_GSO_BYTES
+            ):
+                j += 1
+        yield i, j, size
+        i = j
 
 
 @dataclass
@@ -429,25 +454,12 @@ class UdpSocket:
         if not self.gso or len(datagrams) == 1:
             self._send_singly(sock, address, datagrams, ancillary, endpoint)
             return
-        i, count = 0, len(datagrams)
-        while i < count:
-            size = len(datagrams[i])
-            j, total = i + 1, size
-            limit = min(count, i + MAX_GSO_SEGMENTS)
-            while j < limit:
-                m = len(datagrams[j])
-                if m > size or total + m > MAX_GSO_BYTES:
-                    break
-                total += m
-                j += 1
-                if m < size:
-                    break
+        for i, j, size in gso_runs([len(d) for d in datagrams]):
             run = datagrams[i:j]
-            if len(run) == 1 or size == 0:
+            if j - i == 1 or size == 0:
                 ancillary = self._send_singly(sock, address, run, ancillary, endpoint)
             else:
                 ancillary = self._send_gso(sock, address, run, size, ancillary, endpoint)
-            i = j
 
     def _pktinfo(self, src: tuple[int, bytes, int]) -> tuple[int, int, bytes]:
         family, local, ifindex = src
