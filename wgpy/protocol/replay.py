@@ -87,17 +87,9 @@ class ReplayWindow:
         nxt = self._next
         blocks = self._blocks
         if c > nxt:
-            # New highest counter: zero the blocks the window slides over (at most the whole ring), then mark.
+            # New highest counter: zero the blocks the window slides over, then mark.
             index = c >> _BLOCK_SHIFT
-            advance = index - (nxt >> _BLOCK_SHIFT)
-            if advance:
-                if advance == 1:
-                    blocks[index & _BLOCK_MASK] = 0
-                elif advance >= _BLOCKS:
-                    blocks[:] = _ZERO_BLOCKS
-                else:
-                    for i in range(index - advance + 1, index + 1):
-                        blocks[i & _BLOCK_MASK] = 0
+            self._slide(index)
             self._next = c
             blocks[index & _BLOCK_MASK] |= 1 << (c & _BIT_MASK)
             return True
@@ -110,6 +102,20 @@ class ReplayWindow:
             return False
         blocks[index] = block | bit
         return True
+
+    def _slide(self, top: int) -> None:
+        """Zero the blocks the window slides over on its way to block ``top`` (at most the whole ring)."""
+        advance = top - (self._next >> _BLOCK_SHIFT)
+        if not advance:
+            return
+        blocks = self._blocks
+        if advance == 1:
+            blocks[top & _BLOCK_MASK] = 0
+        elif advance >= _BLOCKS:
+            blocks[:] = _ZERO_BLOCKS
+        else:
+            for i in range(top - advance + 1, top + 1):
+                blocks[i & _BLOCK_MASK] = 0
 
     @property
     def next_new(self) -> int:
@@ -128,12 +134,7 @@ class ReplayWindow:
         lo, hi = first + 1, last + 1  # the kernel's numbering, as in check_and_mark
         blocks = self._blocks
         top = hi >> _BLOCK_SHIFT
-        advance = top - (self._next >> _BLOCK_SHIFT)
-        if advance >= _BLOCKS:
-            blocks[:] = _ZERO_BLOCKS
-        else:
-            for i in range(top - advance + 1, top + 1):
-                blocks[i & _BLOCK_MASK] = 0
+        self._slide(top)
         self._next = hi
         # Only the last COUNTER_BITS_TOTAL - 64 counters below the top can still matter (older ones fall outside
         # the window), and each 64-bit block gets one mask.
