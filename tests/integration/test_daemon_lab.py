@@ -248,6 +248,25 @@ def test_foreground_and_sigint(netlab: Lab) -> None:
 
 
 @pytest.mark.netns
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_right_after_the_socket_appears_still_stops_cleanly(netlab: Lab, sig: signal.Signals) -> None:
+    """The socket file exists a few milliseconds before the event loop takes the signals over (the UDP sockets,
+    the core and the loop are still being made): a signal in that window is remembered, and the daemon stops as
+    it would later, removing the socket file, instead of dying of it half set up."""
+    ns = netlab.namespace()
+    for _ in range(5):
+        iface = netlab.interface()
+        sock = WG_RUN_DIR / f"{iface}.sock"
+        proc = ns.popen([WGPYD, "--foreground", iface], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while not sock.exists() and proc.poll() is None and time.monotonic() < deadline:
+            pass  # no sleep: signal as early as the socket file can be seen
+        proc.send_signal(sig)
+        assert proc.wait(timeout=10) == 0
+        assert not sock.exists() and not link_exists(ns, iface)
+
+
+@pytest.mark.netns
 def test_second_daemon_refused_and_first_unharmed(netlab: Lab) -> None:
     node = _single(netlab)
     out = node.ns.run([WGPYD, node.iface], check=False)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import sys
 from importlib.metadata import PackageNotFoundError, version
@@ -175,6 +176,13 @@ def run(opts: Options, ready_fd: int | None) -> int:
 
     log = daemon_log.logging.getLogger("wgpy.daemon")
     log.debug("Starting wgpyd version %s", _version())
+    # SIGINT or SIGTERM may come as soon as the socket file exists, before the loop takes the signals over:
+    # remember it, so that the daemon still stops cleanly (socket file and interface removed) instead of dying
+    # of the signal half set up.
+    early: list[int] = []
+    default_handlers = {
+        sig: signal.signal(sig, lambda signum, frame: early.append(signum)) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
     tun = udp = listener = None
     created_socket: Path | None = None
     try:
@@ -210,7 +218,11 @@ def run(opts: Options, ready_fd: int | None) -> int:
             sys.stderr.write(f"wgpyd: {message}\n")
         else:
             _report(ready_fd, False, message)
+        for sig, handler in default_handlers.items():
+            signal.signal(sig, handler)
         return 1
+    for signum in early:
+        loop.stop(f"received {signal.Signals(signum).name}")
     log.debug("UAPI listener started")
     _report(ready_fd, True)
     try:
