@@ -275,15 +275,13 @@ class EventLoop:
     # --- I/O --------------------------------------------------------------------------------------------------
 
     def _read_tun(self, packets: list[Buffer], mask: int, drain: bool = True) -> None:
+        size = BATCH if drain else 1  # after a quiet wait: one read (QUIET_WAIT)
         try:
-            if not drain:  # after a quiet wait: one read (QUIET_WAIT)
-                packets.extend(self.tun.read_packets(1))
-            else:
-                while len(packets) < TUN_DRAIN_LIMIT:
-                    batch = self.tun.read_packets(BATCH)
-                    packets.extend(batch)
-                    if len(batch) < BATCH:  # read_packets stops short only at EAGAIN: drained, no second EAGAIN
-                        break
+            while len(packets) < TUN_DRAIN_LIMIT:
+                batch = self.tun.read_packets(size)
+                packets.extend(batch)
+                if len(batch) < size or not drain:  # read_packets stops short only at EAGAIN: no second EAGAIN
+                    break
         except OSError as exc:
             if exc.errno in (errno.EAGAIN, errno.EINTR):
                 return
@@ -355,20 +353,15 @@ class EventLoop:
                 self.handshake_backlog += self.udp.handshake_backlog()
             return
         start = len(datagrams)
-        if not drain:  # after a quiet wait: one read (QUIET_WAIT)
-            try:
-                datagrams.extend(self.udp.recv_batch(fd, 1, self.sources))
-            except OSError as exc:
-                log.debug("UDP receive: %s", exc)
-            return
+        size = BATCH if drain else 1  # after a quiet wait: one read (QUIET_WAIT)
         while len(datagrams) - start < DRAIN_LIMIT:
             try:
-                batch = self.udp.recv_batch(fd, BATCH, self.sources)
+                batch = self.udp.recv_batch(fd, size, self.sources)
             except OSError as exc:  # ECONNREFUSED from ICMP and friends: never end the daemon
                 log.debug("UDP receive: %s", exc)
                 return
             datagrams.extend(batch)
-            if len(batch) < BATCH:  # recv_batch stops short only at EAGAIN (or errors): drained
+            if len(batch) < size or not drain:  # recv_batch stops short only at EAGAIN (or errors): drained
                 return
         self.udp_backed_up = True
 
