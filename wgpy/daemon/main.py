@@ -166,7 +166,24 @@ def _report(ready_fd: int | None, ok: bool, message: str = "") -> None:
 
 
 def run(opts: Options, ready_fd: int | None) -> int:
-    """Set up the interface, the sockets and the loop; report readiness; run until told to stop."""
+    """Set up the interface, the sockets and the loop; report readiness; run until told to stop.
+
+    SIGINT or SIGTERM may come as soon as the socket file exists, before the loop takes the signals over: they
+    are remembered meanwhile, so that the daemon still stops cleanly (socket file and interface removed) instead
+    of dying of the signal half set up. The handlers in place before are back when this returns, however it ends.
+    """
+    early: list[int] = []
+    previous = {
+        sig: signal.signal(sig, lambda signum, frame: early.append(signum)) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        return _run(opts, ready_fd, early)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run(opts: Options, ready_fd: int | None, early: list[int]) -> int:
     # Imported here so that --version and usage errors need none of the kernel interfaces.
     from wgpy.daemon.loop import EventLoop
     from wgpy.linux.tun import Tun
@@ -176,13 +193,6 @@ def run(opts: Options, ready_fd: int | None) -> int:
 
     log = daemon_log.logging.getLogger("wgpy.daemon")
     log.debug("Starting wgpyd version %s", _version())
-    # SIGINT or SIGTERM may come as soon as the socket file exists, before the loop takes the signals over:
-    # remember it, so that the daemon still stops cleanly (socket file and interface removed) instead of dying
-    # of the signal half set up.
-    early: list[int] = []
-    default_handlers = {
-        sig: signal.signal(sig, lambda signum, frame: early.append(signum)) for sig in (signal.SIGINT, signal.SIGTERM)
-    }
     tun = udp = listener = None
     created_socket: Path | None = None
     try:
@@ -218,8 +228,6 @@ def run(opts: Options, ready_fd: int | None) -> int:
             sys.stderr.write(f"wgpyd: {message}\n")
         else:
             _report(ready_fd, False, message)
-        for sig, handler in default_handlers.items():
-            signal.signal(sig, handler)
         return 1
     for signum in early:
         loop.stop(f"received {signal.Signals(signum).name}")
